@@ -1,0 +1,131 @@
+"""The PostgreSQL dumper: pg_basebackup fulls, WAL archiving, pg_dump logicals, PITR restore."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Window
+from drkit.errors import BackupNotFound, ConfigError, DrkitError, OutsideWindow
+from drkit.repository import Manifest, Repository
+
+from .basebackup import full_backup
+from .chain import merged_intervals, plan_restore, windows
+from .logical import logical_backup, restore_logical
+from .options import PgOptions, parse_options
+from .restore import chown_tree, extract_base, prepare_target, start_and_wait, write_recovery_config
+
+__all__ = ["PostgresDumper"]
+
+
+class PostgresDumper(Dumper):
+    datastore = "postgres"
+    backup_types = ("full", "incremental", "logical")
+    options: PgOptions
+
+    def validate_options(self, options: dict[str, Any]) -> PgOptions:
+        return parse_options(self.source.name, options)
+
+    # -- backup -----------------------------------------------------------------------------
+    def backup(self, repo: Repository, backup_type: str) -> Manifest:
+        if backup_type == "full":
+            return full_backup(repo, self.source.name, self.options)
+        if backup_type == "logical":
+            return logical_backup(repo, self.source.name, self.options)
+        if backup_type == "incremental":
+            raise ConfigError(
+                "PostgreSQL incrementals are continuous WAL archiving: set archive_command to "
+                f"'drkit --config FILE pg wal-push --source {self.source.name} %p' (see "
+                "docs/user-guide.md); 'backup --type incremental' has nothing to add"
+            )
+        raise ConfigError(f"unknown backup type {backup_type!r} (postgres: full, logical)")
+
+    # -- window -----------------------------------------------------------------------------
+    def _chains(self, repo: Repository) -> tuple[list, list[str], list[Manifest]]:
+        manifests = repo.list_manifests(self.source.name)
+        records = repo.log_records(self.source.name)
+        chains, notes = windows(manifests, records)
+        return chains, notes, manifests
+
+    def window(self, repo: Repository) -> Window:
+        chains, notes, _ = self._chains(repo)
+        return Window(merged_intervals(chains), notes)
+
+    def describe_chain(self, repo: Repository) -> dict[str, Any]:
+        names = repo.list_log_names(self.source.name)
+        return {"wal_files": len(names), "newest_wal": names[-1] if names else None}
+
+    # -- restore ----------------------------------------------------------------------------
+    def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
+        phases: dict[str, float] = {}
+        t0 = time.monotonic()
+        if request.backup_id and request.point_in_time:
+            raise ConfigError("give either --backup or --point-in-time, not both")
+        if request.backup_id:
+            manifest = repo.get_manifest(request.backup_id, self.source.name)
+            if manifest.type == "logical":
+                prepare_target(request.target_dir)
+                written = restore_logical(
+                    repo, manifest, request.target_dir, self.options,
+                    into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
+                )
+                phases["download"] = time.monotonic() - t0
+                return RestoreResult(self.source.name, manifest.id, request.target_dir, None, phases, {"files": written})
+            chains, _, _ = self._chains(repo)
+            chain = next((c for c in chains if c.backup.id == manifest.id), None)
+            if chain is None:
+                raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
+            target_time = None
+            plan_backup = manifest
+            details: dict[str, Any] = {"recovery": "to the backup's consistent point, then the archived WAL up to the end"}
+            # --backup restores the backup and stops at its consistent point.
+            immediate = True
+        else:
+            chains, notes, manifests = self._chains(repo)
+            if not [m for m in manifests if m.type == "full"]:
+                raise BackupNotFound(f"source {self.source.name} has no full backup")
+            plan = plan_restore(chains, request.point_in_time, self.source.name)
+            plan_backup, target_time, immediate = plan.backup, plan.target, False
+            details = {"recovery": "to " + (target_time.isoformat() if target_time else "the end of the archived WAL")}
+        phases["plan"] = time.monotonic() - t0
+        prepare_target(request.target_dir)
+        t1 = time.monotonic()
+        restored = extract_base(repo, plan_backup, request.target_dir)
+        phases["download"] = time.monotonic() - t1
+        port = request.port
+        if request.start and not port:
+            from drkit.sandbox.ports import free_port
+
+            port = free_port()
+        settings = write_recovery_config(
+            request.target_dir, config_path=self.config.path, source=self.source.name,
+            point_in_time=target_time, port=port,
+            keep_archiving=bool(request.options.get("keep_archiving")),
+            socket_dir=request.target_dir if request.start else None,
+        )
+        if immediate:
+            with open(request.target_dir / "postgresql.auto.conf", "a") as fh:
+                fh.write("recovery_target = 'immediate'\n")
+        chown_tree(request.target_dir, self.options.os_user)
+        details.update(bytes_restored=restored, settings={k: v for k, v in settings.items()})
+        if request.start:
+            assert port is not None
+            t2 = time.monotonic()
+            details.update(start_and_wait(self.options, request.target_dir, port))
+            phases["recovery"] = time.monotonic() - t2
+            details["port"] = port
+            details["socket_dir"] = str(request.target_dir)
+        return RestoreResult(self.source.name, plan_backup.id, request.target_dir, request.point_in_time, phases, details)
+
+    @classmethod
+    def cli_group(cls) -> click.Group:
+        from .cli import pg_group
+
+        return pg_group
+
+
+def ensure(cond: bool, message: str) -> None:
+    if not cond:
+        raise DrkitError(message)

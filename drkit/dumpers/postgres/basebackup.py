@@ -1,0 +1,122 @@
+"""Full physical backup: ``pg_basebackup`` (tar to stdout) streamed straight into the repository."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import subprocess
+import threading
+from collections import deque
+from typing import Any
+
+from drkit import __version__
+from drkit.errors import SourceError
+from drkit.repository import Manifest, Repository
+from drkit.repository.manifest import iso, new_backup_id, utcnow
+
+from .options import PgOptions
+from .server import server_facts, server_now
+from .wal import check_system_id
+from .walnames import lsn_segno, parse_lsn, segment_name
+
+log = logging.getLogger(__name__)
+
+_START_RE = re.compile(r"write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
+_END_RE = re.compile(r"write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)")
+_STUCK = "still waiting for all required WAL segments to be archived"
+
+
+def _preflight(facts: dict[str, Any], source: str) -> None:
+    if facts["tablespaces"]:
+        raise SourceError(
+            f"source {source} has {facts['tablespaces']} user tablespace(s); drkit 0.1 backs up "
+            "clusters without extra tablespaces only"
+        )
+    if facts["archive_mode"] not in ("on", "always") or "wal-push" not in facts["archive_command"]:
+        log.warning(
+            f"WAL archiving into drkit is not enabled on source {source} (archive_mode="
+            f"{facts['archive_mode']}): this backup restores only to its own end point. For "
+            f"point-in-time recovery set archive_mode=on and "
+            f"archive_command='drkit --config FILE pg wal-push --source {source} %p'"
+        )
+
+
+def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
+    facts = server_facts(opts)
+    _preflight(facts, source)
+    check_system_id(repo, source, int(facts["system_identifier"]))
+    started = utcnow()
+    cmd = [
+        opts.tool("pg_basebackup"), "-d", opts.dsn, "-D", "-", "-Ft", "-X", "fetch",
+        "--no-manifest", "-c", opts.checkpoint, "-v", "--label", f"drkit {source} {iso(started)}",
+    ]
+    if opts.max_rate:
+        cmd += ["--max-rate", opts.max_rate]
+    stderr_tail: deque[str] = deque(maxlen=40)
+    stuck = threading.Event()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=opts.env())
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def read_stderr() -> None:
+        for raw in proc.stderr:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").rstrip()
+            stderr_tail.append(line)
+            if _STUCK in line:
+                stuck.set()
+                proc.kill()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    session = repo.session()
+    try:
+        ref = session.write_stream("base.tar", proc.stdout, meta={"format": "tar"})
+        rc = proc.wait()
+        reader.join(timeout=10)
+        text = "\n".join(stderr_tail)
+        if stuck.is_set():
+            raise SourceError(
+                f"pg_basebackup for {source}: the server is still waiting for WAL to be archived "
+                "after 60 s; archive_command is failing (see the server log)"
+            )
+        if rc != 0:
+            raise SourceError(f"pg_basebackup for {source} failed (exit {rc}):\n{text}")
+        m_start, m_end = _START_RE.search(text), _END_RE.search(text)
+        if not (m_start and m_end):
+            raise SourceError(f"pg_basebackup for {source}: could not find start/stop LSN in its output:\n{text}")
+        start_lsn, tli, stop_lsn = m_start.group(1), int(m_start.group(2)), m_end.group(1)
+        stop_time = server_now(opts)
+        seg = facts["segment_size"]
+        stored = session.finish()
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        session.close()
+    manifest = Manifest(
+        id=new_backup_id(started), source=source, datastore="postgres", type="full",
+        started=iso(started), finished=iso(utcnow()), streams=[ref],
+        metadata={
+            "method": "pg_basebackup",
+            "start_lsn": start_lsn,
+            "stop_lsn": stop_lsn,
+            "timeline": tli,
+            "start_wal": segment_name(tli, lsn_segno(parse_lsn(start_lsn), seg), seg),
+            "stop_wal": segment_name(tli, lsn_segno(parse_lsn(stop_lsn), seg), seg),
+            "stop_time": iso(stop_time),
+            "server_version": facts["server_version"],
+            "server_version_num": facts["server_version_num"],
+            "system_identifier": facts["system_identifier"],
+            "segment_size": seg,
+            "from_standby": facts["in_recovery"],
+            "wal_included": True,
+            "archiving": facts["archive_mode"] in ("on", "always"),
+            "chunks_new": session.chunks_new,
+            "chunks_reused": session.chunks_reused,
+        },
+        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
+    )
+    repo.commit_manifest(manifest)
+    return manifest

@@ -1,0 +1,92 @@
+"""Settings of a ``type: postgres`` source."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PgOptions:
+    dsn: str
+    bin_dir: Path
+    password_env: str | None = None
+    password_file: Path | None = None
+    os_user: str = "postgres"  # who runs a restored server (PostgreSQL refuses root)
+    databases: tuple[str, ...] = ()  # logical backups: empty = every connectable database
+    checkpoint: str = "fast"
+    max_rate: str | None = None
+
+    def env(self) -> dict[str, str]:
+        """Environment for libpq tools: the password travels here, never in argv."""
+        env = dict(os.environ)
+        env["TZ"] = "UTC"
+        env["PGTZ"] = "UTC"
+        env.setdefault("PGCONNECT_TIMEOUT", "10")
+        password = self.password()
+        if password:
+            env["PGPASSWORD"] = password
+        return env
+
+    def password(self) -> str | None:
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        if self.password_file:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
+        return None
+
+    def tool(self, name: str) -> str:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise ConfigError(f"PostgreSQL tool {name} not found in {self.bin_dir} (set bin_dir)")
+        return str(path)
+
+
+def find_bin_dir() -> Path | None:
+    env = os.environ.get("DRKIT_PG_BIN")
+    if env:
+        return Path(env)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    if candidates:
+        return Path(candidates[-1])
+    found = shutil.which("pg_basebackup")
+    return Path(found).resolve().parent if found else None
+
+
+def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
+    where = f"sources.{source}"
+    dsn = raw.pop("dsn", None)
+    if not dsn or not isinstance(dsn, str):
+        raise ConfigError(f"{where}.dsn is required (a libpq connection string)")
+    if "password=" in dsn.replace(" ", ""):
+        raise ConfigError(
+            f"{where}.dsn must not contain a password: use password_env or password_file "
+            "(a password in the DSN would appear in process arguments)"
+        )
+    bin_dir = raw.pop("bin_dir", None)
+    bin_path = Path(bin_dir) if bin_dir else find_bin_dir()
+    if bin_path is None:
+        raise ConfigError(f"{where}.bin_dir: no PostgreSQL client tools found; install postgresql or set bin_dir")
+    dbs = raw.pop("databases", None) or ()
+    opts = {
+        "password_env": raw.pop("password_env", None),
+        "password_file": Path(raw.pop("password_file")) if raw.get("password_file") else None,
+        "os_user": raw.pop("os_user", "postgres"),
+        "checkpoint": raw.pop("checkpoint", "fast"),
+        "max_rate": raw.pop("max_rate", None),
+    }
+    raw.pop("password_file", None)
+    if raw:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(raw))}")
+    if opts["checkpoint"] not in ("fast", "spread"):
+        raise ConfigError(f"{where}.checkpoint must be fast or spread")
+    return PgOptions(dsn=dsn, bin_dir=bin_path, databases=tuple(dbs), **opts)

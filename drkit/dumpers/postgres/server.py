@@ -1,0 +1,90 @@
+"""Talking SQL to the source server (psycopg 3); the password never leaves PgOptions.env()."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from drkit.errors import SourceError
+
+from .options import PgOptions
+
+
+def connect(opts: PgOptions, dbname: str | None = None) -> psycopg.Connection:
+    kwargs: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
+    password = opts.password()
+    if password:
+        kwargs["password"] = password
+    if dbname:
+        kwargs["dbname"] = dbname
+    try:
+        return psycopg.connect(opts.dsn, **kwargs)
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot connect to PostgreSQL ({_safe_dsn(opts.dsn)}): {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _safe_dsn(dsn: str) -> str:
+    return " ".join(p for p in dsn.split() if not p.lower().startswith("password"))
+
+
+def server_facts(opts: PgOptions) -> dict[str, Any]:
+    with connect(opts) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int,"
+            " (SELECT system_identifier FROM pg_control_system()),"
+            " current_setting('wal_segment_size'), current_setting('archive_mode'),"
+            " current_setting('archive_command'), current_setting('wal_level'),"
+            " (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default','pg_global')),"
+            " pg_is_in_recovery(), current_setting('archive_timeout')"
+        ).fetchone()
+    assert row is not None
+    seg = row[3]
+    return {
+        "server_version": row[0],
+        "server_version_num": row[1],
+        "system_identifier": str(row[2]),
+        "segment_size": _size(seg),
+        "archive_mode": row[4],
+        "archive_command": row[5],
+        "wal_level": row[6],
+        "tablespaces": int(row[7]),
+        "in_recovery": bool(row[8]),
+        "archive_timeout": row[9],
+    }
+
+
+def server_now(opts: PgOptions) -> datetime:
+    with connect(opts) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def databases(opts: PgOptions) -> list[str]:
+    with connect(opts) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    for suffix, mult in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * mult
+    return int(text)
+
+
+def check_source(opts: PgOptions) -> None:
+    """Raise SourceError unless the server is reachable."""
+    try:
+        server_now(opts)
+    except psycopg.Error as exc:  # pragma: no cover - connect() already maps
+        raise SourceError(str(exc)) from None

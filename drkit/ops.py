@@ -1,0 +1,96 @@
+"""The library behind the CLI: each command is one function here, returning data."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from drkit.config import Config
+from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
+from drkit.repository import Manifest, Repository
+from drkit.repository.keys import wrapper_from_config
+from drkit.repository.manifest import iso, utcnow
+from drkit.storage import open_storage
+
+
+def open_repository(config: Config) -> Repository:
+    storage = open_storage(config.repository.url, config.repository.s3)
+    repo = Repository.open(storage, wrapper_from_config(config.encryption))
+    _tune(repo, config)
+    return repo
+
+
+def _tune(repo: Repository, config: Config) -> None:
+    repo.pack_size = config.repository.pack_size
+    repo.compression_level = config.repository.compression_level
+    if config.repository.workers:
+        repo.workers = config.repository.workers
+
+
+def init_repository(config: Config) -> Repository:
+    storage = open_storage(config.repository.url, config.repository.s3)
+    repo = Repository.init(storage, wrapper_from_config(config.encryption))
+    _tune(repo, config)
+    return repo
+
+
+@dataclass
+class BackupResult:
+    manifest: Manifest
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.manifest.summary(), "seconds": round(self.seconds, 3)}
+
+
+def backup(config: Config, source: str, backup_type: str) -> BackupResult:
+    dumper = dumper_for(config, source)
+    repo = open_repository(config)
+    t0 = time.monotonic()
+    manifest = dumper.backup(repo, backup_type)
+    return BackupResult(manifest, time.monotonic() - t0)
+
+
+def list_sources(config: Config, source: str | None = None) -> list[dict[str, Any]]:
+    repo = open_repository(config)
+    names = [source] if source else sorted(set(config.sources) | set(repo.list_sources()))
+    out = []
+    now = repo.server_time()
+    for name in names:
+        manifests = repo.list_manifests(name)
+        entry: dict[str, Any] = {"source": name, "backups": [m.summary() for m in manifests]}
+        if name in config.sources:
+            dumper = dumper_for(config, name)
+            window = dumper.window(repo)
+            entry["type"] = config.sources[name].type
+            entry["window"] = (
+                {"start": iso(window.start), "end": iso(window.end)} if window.start and window.end else None
+            )
+            entry["windows"] = [{"start": iso(a), "end": iso(b)} for a, b in window.intervals]
+            entry["notes"] = window.notes
+            entry["current_rpo_seconds"] = (
+                round((now - window.end).total_seconds(), 1) if window.end else None
+            )
+            entry.update(dumper.describe_chain(repo))
+        else:
+            entry["type"] = None
+            entry["window"] = None
+            entry["notes"] = [f"source {name} is in the repository but not in this configuration"]
+        out.append(entry)
+    return out
+
+
+def restore(config: Config, request: RestoreRequest) -> RestoreResult:
+    dumper = dumper_for(config, request.source.name)
+    t0 = time.monotonic()
+    repo = open_repository(config)
+    open_s = time.monotonic() - t0
+    result = dumper.restore(repo, request)
+    result.phases = {"open": open_s, **result.phases}
+    return result
+
+
+def now_utc() -> datetime:
+    return utcnow()

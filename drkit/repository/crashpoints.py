@@ -1,0 +1,23 @@
+"""Named crash points for fault-injection tests.
+
+``DRKIT_CRASH_AT=name[:n]`` makes the process SIGKILL itself the n-th time (default first) it
+reaches the named point.  Unset (the normal case) this costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_spec = os.environ.get("DRKIT_CRASH_AT", "")
+_target, _, _count = _spec.partition(":")
+_remaining = int(_count or 1)
+
+
+def hit(name: str) -> None:
+    global _remaining
+    if not _target or name != _target:
+        return
+    _remaining -= 1
+    if _remaining <= 0:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,158 @@
+"""Core repository round trips on the memory and local backends (pure logic, no servers)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+
+import pytest
+
+from drkit.config import Secret
+from drkit.errors import IntegrityError, LogConflict, RepositoryExists, UnsupportedFormat, WrongKey
+from drkit.repository import Manifest, Repository
+from drkit.repository.keys import SecretWrapper
+from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.storage.local import LocalStorage
+from drkit.storage.memory import MemoryStorage
+
+
+def wrapper(secret: str = "correct horse battery staple") -> SecretWrapper:
+    return SecretWrapper(Secret(secret), "test key", "key_env")
+
+
+@pytest.fixture(params=["memory", "local"])
+def storage(request, tmp_path):
+    if request.param == "memory":
+        name = os.urandom(4).hex()
+        yield MemoryStorage(name)
+        MemoryStorage.reset(name)
+    else:
+        yield LocalStorage(tmp_path / "repo")
+
+
+def realistic(n: int, seed: int = 1) -> bytes:
+    rng = random.Random(seed)
+    words = [b"alpha", b"beta", b"patient", b"record", b"2026-11-26", b"{\"k\": 1}", b"lorem"]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" " + str(rng.randint(0, 10**6)).encode() + b"\n"
+    return bytes(out[:n])
+
+
+def backup(repo: Repository, source: str, streams: dict[str, bytes]) -> Manifest:
+    session = repo.session()
+    refs = [session.write_stream(name, io.BytesIO(data)) for name, data in streams.items()]
+    stored = session.finish()
+    now = iso(utcnow())
+    m = Manifest(new_backup_id(), source, "test", "full", now, now, refs, stored_bytes=stored)
+    repo.commit_manifest(m)
+    return m
+
+
+def test_roundtrip_and_dedup(storage):
+    repo = Repository.init(storage, wrapper())
+    data = realistic(6 * 1024 * 1024) + os.urandom(3 * 1024 * 1024)
+    m1 = backup(repo, "db", {"base.tar": data, "empty": b""})
+    again = Repository.open(storage, wrapper())
+    [loaded] = again.list_manifests("db")
+    assert loaded.id == m1.id
+    assert again.open_stream(loaded.stream("base.tar")).read() == data
+    assert again.open_stream(loaded.stream("empty")).read() == b""
+    # A second identical backup stores almost nothing new (just an index-free manifest).
+    m2 = backup(again, "db", {"base.tar": data})
+    assert m2.stored_bytes == 0
+    # Identical data under another source dedups too.
+    m3 = backup(again, "other", {"x": data})
+    assert m3.stored_bytes == 0
+    assert m1.stored_bytes < len(data)  # compressed
+
+
+def test_init_twice_refused(storage):
+    Repository.init(storage, wrapper())
+    with pytest.raises(RepositoryExists):
+        Repository.init(storage, wrapper())
+
+
+def test_wrong_key(storage):
+    Repository.init(storage, wrapper())
+    with pytest.raises(WrongKey):
+        Repository.open(storage, wrapper("not the right key at all"))
+
+
+def test_unknown_version_refused(storage):
+    import json
+
+    Repository.init(storage, wrapper())
+    doc = json.loads(storage.get("config"))
+    doc["config"]["version"] = 99
+    storage.put("config", json.dumps(doc).encode(), exclusive=False)
+    with pytest.raises(UnsupportedFormat):
+        Repository.open(storage, wrapper())
+
+
+def test_tampered_config_detected(storage):
+    import json
+
+    Repository.init(storage, wrapper())
+    doc = json.loads(storage.get("config"))
+    doc["config"]["chunker"]["avg"] = 4096
+    storage.put("config", json.dumps(doc).encode(), exclusive=False)
+    with pytest.raises(IntegrityError):
+        Repository.open(storage, wrapper())
+
+
+def _flip(storage, key: str, pos: int) -> None:
+    data = bytearray(storage.get(key))
+    data[pos % len(data)] ^= 0x01
+    storage.put(key, bytes(data), exclusive=False)
+
+
+@pytest.mark.parametrize("prefix", ["data/", "manifests/"])
+def test_flipped_byte_detected_and_named(storage, prefix):
+    repo = Repository.init(storage, wrapper())
+    data = realistic(2 * 1024 * 1024)
+    backup(repo, "db", {"s": data})
+    [key] = [i.key for i in storage.list(prefix)]
+    _flip(storage, key, 100)
+    fresh = Repository.open(storage, wrapper())
+    with pytest.raises(IntegrityError) as exc:
+        [m] = fresh.list_manifests("db")
+        fresh.open_stream(m.stream("s")).read()
+    assert key in str(exc.value)
+
+
+def test_flipped_index_detected(storage):
+    repo = Repository.init(storage, wrapper())
+    backup(repo, "db", {"s": realistic(100_000)})
+    [key] = [i.key for i in storage.list("index/")]
+    _flip(storage, key, 40)
+    with pytest.raises(IntegrityError) as exc:
+        Repository.open(storage, wrapper()).load_index()
+    assert key in str(exc.value)
+
+
+def test_swapped_manifest_rejected(storage):
+    repo = Repository.init(storage, wrapper())
+    m1 = backup(repo, "db", {"s": b"one" * 1000})
+    m2 = backup(repo, "db", {"s": b"two" * 1000})
+    k1, k2 = f"manifests/db/{m1.id}", f"manifests/db/{m2.id}"
+    b1 = storage.get(k1)
+    storage.put(k2, b1, exclusive=False)  # replay manifest 1 under manifest 2's name
+    with pytest.raises(IntegrityError) as exc:
+        Repository.open(storage, wrapper()).list_manifests("db")
+    assert k2 in str(exc.value)
+
+
+def test_log_push_idempotent_and_conflict(storage):
+    repo = Repository.init(storage, wrapper())
+    seg = os.urandom(100_000)
+    status, rec = repo.put_log("db", "000000010000000000000001", io.BytesIO(seg), {"x": 1})
+    assert status == "stored"
+    status, _ = repo.put_log("db", "000000010000000000000001", io.BytesIO(seg))
+    assert status == "identical"
+    with pytest.raises(LogConflict):
+        repo.put_log("db", "000000010000000000000001", io.BytesIO(seg[:-1] + b"x"))
+    got = repo.get_log("db", "000000010000000000000001")
+    assert got is not None and repo.open_stream(got.stream).read() == seg
+    assert got.metadata == {"x": 1}
