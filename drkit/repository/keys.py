@@ -104,8 +104,10 @@ class KmsWrapper:
 
     def _client(self) -> Any:
         import boto3
+        from botocore.config import Config as BotoConfig
 
-        return boto3.client("kms", endpoint_url=self.endpoint_url, region_name=self.region)
+        cfg = BotoConfig(retries={"total_max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=30)
+        return boto3.client("kms", endpoint_url=self.endpoint_url, region_name=self.region, config=cfg)
 
     def wrap(self, master: bytes, repo_id: str, key_id: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -133,6 +135,7 @@ class KmsWrapper:
             raise WrongKey("envelope is not KMS-wrapped")
         try:
             resp = self._client().decrypt(
+                KeyId=self.key_id,  # insist on the configured key, not whatever the blob names
                 CiphertextBlob=_unb64(envelope["kms_blob"]),
                 EncryptionContext={"drkit-repository": repo_id},
             )

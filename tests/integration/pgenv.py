@@ -91,7 +91,8 @@ def _tail(path: Path) -> str:
 
 
 def make_pg_env(tag: str, repo_url: str | None = None, s3: dict | None = None,
-                env: dict[str, str] | None = None, archive_timeout: int = 0) -> PgEnv:
+                env: dict[str, str] | None = None, archive_timeout: int = 0,
+                encryption: dict | None = None) -> PgEnv:
     root = workdir(tag)
     key = root / "master.key"
     key.write_bytes(os.urandom(32).hex().encode())
@@ -108,7 +109,7 @@ def make_pg_env(tag: str, repo_url: str | None = None, s3: dict | None = None,
                         env=env or {})
     config = {
         "repository": {"url": repo_url, **({"s3": s3} if s3 else {})},
-        "encryption": {"key_file": str(key)},
+        "encryption": encryption or {"key_file": str(key)},
         "sources": {"main": {"type": "postgres", "dsn": pg.dsn}},
     }
     cfg_path.write_text(yaml.safe_dump(config))

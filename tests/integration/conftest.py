@@ -1,0 +1,3 @@
+"""Integration fixtures shared by every module: one S3 server of each kind per session."""
+
+from s3_fixtures import fixture_moto_server, fixture_versitygw_server  # noqa: F401
