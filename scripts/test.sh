@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install and start everything the tests need on a fresh Debian/Ubuntu machine, then run them.
+#   scripts/test.sh                 # the whole suite (what CI runs)
+#   scripts/test.sh tests/unit -x   # extra arguments go to pytest
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DRKIT_VENV="${DRKIT_VENV:-/opt/drkit/venv}"
+bash "$REPO/scripts/install.sh"
+cd "$REPO"
+# Servers the integration tests need and that take a build: fetched into the cache up front
+# (the fixtures start them; a server that cannot start fails the run, it is never skipped).
+"$DRKIT_VENV/bin/python" -c "from drkit.sandbox.s3 import ensure_versitygw; print('versitygw:', ensure_versitygw())"
+"$DRKIT_VENV/bin/ruff" check drkit tests scripts bench
+if [[ $# -eq 0 ]]; then
+  set -- tests
+fi
+exec "$DRKIT_VENV/bin/python" -m pytest -p no:cacheprovider -ra "$@"
