@@ -126,13 +126,13 @@ if [[ $repo_readable -eq 1 ]]; then
      && "$DRKIT_VENV/bin/python" -c 'import drkit, pytest' 2>/dev/null; then
     say "drkit already installed (editable) from $REPO"
   else
-    say "pip install -e $REPO[test,s3] (pyproject.toml changed or first run)"
-    pip_install -e "$REPO[test,s3]"
+    say "pip install -e $REPO[test] (pyproject.toml changed or first run)"
+    pip_install -e "$REPO[test]"
     echo "$want_stamp" | "${SUDO[@]}" tee "$stamp" >/dev/null
   fi
 else
   say "user $PG_OS_USER cannot read $REPO: installing a copy (re-run after code changes)"
-  pip_install "$REPO[test,s3]"
+  pip_install "$REPO[test]"
   pip_install --no-deps --force-reinstall "$REPO"
   "${SUDO[@]}" rm -f "$stamp"
 fi

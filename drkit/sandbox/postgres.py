@@ -25,6 +25,7 @@ import glob
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -566,8 +567,6 @@ def _pg_ctl_start(inst: PgInstance, timeout: float, options: list[str] | None = 
     ]
     if options:
         # pg_ctl passes -o through /bin/sh: quote each word; these are ports and paths only.
-        import shlex
-
         argv += ["-o", " ".join(shlex.quote(o) for o in options)]
     proc = inst._server_cmd(argv, "pg_ctl start", timeout + 15)
     inst.pid = _read_pid(inst.data_dir)

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-
 from pgenv import PgEnv, make_pg_env
 
 
@@ -178,3 +177,53 @@ def test_wrong_key_fails_cleanly(pgenv: PgEnv):
         assert "does not unlock" in proc.stderr
         assert "different key" not in proc.stderr  # the secret never appears
     assert sorted(p.name for p in (pgenv.root / "repo").rglob("*")) == before
+
+
+def test_restore_across_a_timeline_switch(pgenv: PgEnv):
+    """Fail over to a restored copy (new timeline, archiving into the same source), write more,
+    then restore to a time on the new timeline: drkit must follow the history file."""
+    import subprocess
+
+    with pgenv.conn() as c:
+        c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
+    _commit_rows(pgenv, 1, 5)
+    pgenv.drkit("backup", "main")
+    _commit_rows(pgenv, 10, 5)
+    pgenv.switch_and_wait_archived()
+    pgenv.pg.stop()  # the old primary is gone
+
+    promoted = pgenv.root / "promoted"
+    res = json.loads(pgenv.drkit("restore", "main", "--target-dir", str(promoted), "--start",
+                                 "--keep-archiving", "--json").stdout)
+    port = res["port"]
+    dsn = f"host={promoted} port={port} user=postgres dbname=postgres"
+    marks = []
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0] >= 1
+            for i in range(100, 106):
+                c.execute("INSERT INTO events VALUES (%s, 'after failover')", (i,))
+                marks.append((i, c.execute("SELECT clock_timestamp()").fetchone()[0]))
+                time.sleep(0.05)
+            c.execute("CHECKPOINT")
+            walname = c.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+            assert walname.startswith("00000002")
+            deadline = time.monotonic() + 60
+            while c.execute("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").fetchone()[0] < walname:
+                assert time.monotonic() < deadline, "new timeline's WAL was not archived"
+                time.sleep(0.1)
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(pgenv.pg.bin_dir / "pg_ctl"), "-D", str(promoted),
+                        "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+    names = json.loads(pgenv.drkit("list", "main", "--json").stdout)[0]
+    assert names["newest_wal"].startswith("00000002")
+
+    row_id, t = marks[2]
+    target = pgenv.root / "on-tli2"
+    res = json.loads(pgenv.drkit("restore", "main", "--point-in-time", t.isoformat(), "--target-dir", str(target),
+                                 "--start", "--json").stdout)
+    try:
+        ids = _restored_ids(pgenv, target, res["port"])
+    finally:
+        _stop_restored(pgenv, target, res["port"])
+    assert ids == [1, 2, 3, 4, 5, 10, 11, 12, 13, 14] + [i for i, _ in marks if i <= row_id]

@@ -11,11 +11,11 @@ from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Window
 from drkit.errors import BackupNotFound, ConfigError, DrkitError, OutsideWindow
 from drkit.repository import Manifest, Repository
 
-from .basebackup import full_backup
 from .chain import merged_intervals, plan_restore, windows
-from .logical import logical_backup, restore_logical
 from .options import PgOptions, parse_options
-from .restore import chown_tree, extract_base, prepare_target, start_and_wait, write_recovery_config
+
+# pg_basebackup/pg_dump/restore helpers import psycopg; they load on first use so the
+# archive_command and restore_command (run once per WAL file) start fast.
 
 __all__ = ["PostgresDumper"]
 
@@ -31,8 +31,12 @@ class PostgresDumper(Dumper):
     # -- backup -----------------------------------------------------------------------------
     def backup(self, repo: Repository, backup_type: str) -> Manifest:
         if backup_type == "full":
+            from .basebackup import full_backup
+
             return full_backup(repo, self.source.name, self.options)
         if backup_type == "logical":
+            from .logical import logical_backup
+
             return logical_backup(repo, self.source.name, self.options)
         if backup_type == "incremental":
             raise ConfigError(
@@ -59,6 +63,9 @@ class PostgresDumper(Dumper):
 
     # -- restore ----------------------------------------------------------------------------
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
+        from .logical import restore_logical
+        from .restore import chown_tree, extract_base, prepare_target, start_and_wait, write_recovery_config
+
         phases: dict[str, float] = {}
         t0 = time.monotonic()
         if request.backup_id and request.point_in_time:

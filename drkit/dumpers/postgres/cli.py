@@ -47,8 +47,10 @@ def wal_fetch_cmd(app, source: str, walname: str, dest: Path) -> None:  # noqa: 
 
     Exits 1 when the file is not archived (PostgreSQL then ends recovery there).
     """
-    from .wal import wal_fetch
+    from .wal import fetch_from_spool, wal_fetch
 
+    if fetch_from_spool(walname, dest):
+        return
     repo, _dumper = _setup(app, source)
     if not wal_fetch(repo, source, walname, dest):
         click.echo(f"drkit: {walname} is not in the archive of {source}", err=True)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,11 +122,29 @@ def _kind(name: str) -> str:
     return "other"
 
 
-def wal_fetch(repo: Repository, source: str, name: str, dest: Path) -> bool:
-    """Write WAL file ``name`` to ``dest`` atomically.  False if it is not archived."""
-    record = repo.get_log(source, name)
-    if record is None:
+PREFETCH = 8
+SPOOL = "drkit-prefetch"
+
+
+def spool_dir(dest: Path) -> Path | None:
+    """Where prefetched segments wait: beside pg_wal in the restoring data directory."""
+    parent = dest.absolute().parent
+    return parent.parent / SPOOL if parent.name == "pg_wal" else None
+
+
+def fetch_from_spool(name: str, dest: Path) -> bool:
+    """Serve ``name`` from the prefetch spool (no repository access, no key needed)."""
+    spool = spool_dir(dest)
+    if spool is None:
         return False
+    cached = spool / name
+    if not cached.is_file():
+        return False
+    os.replace(cached, dest)
+    return True
+
+
+def _write_segment(repo: Repository, record: Any, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".drkit-tmp")
     try:
         with repo.open_stream(record.stream) as src, open(tmp, "wb") as out:
@@ -137,4 +156,41 @@ def wal_fetch(repo: Repository, source: str, name: str, dest: Path) -> bool:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def wal_fetch(repo: Repository, source: str, name: str, dest: Path, prefetch: int = PREFETCH) -> bool:
+    """Write WAL file ``name`` to ``dest`` atomically.  False if it is not archived.
+
+    When PostgreSQL asks for a segment during recovery, the next ``prefetch`` segments of the
+    same timeline are fetched in parallel into a spool beside pg_wal, so the following
+    restore_command calls are served without opening the repository again.
+    """
+    record = repo.get_log(source, name)
+    spool = spool_dir(dest)
+    if record is None:
+        if spool is not None and spool.is_dir():
+            shutil.rmtree(spool, ignore_errors=True)  # end of the archive: nothing more to serve
+        return False
+    _write_segment(repo, record, dest)
+    if spool is not None and prefetch > 0 and SEGMENT_RE.match(name):
+        _prefetch(repo, source, name, spool, prefetch, int(record.metadata.get("segment_size", 16 << 20)))
     return True
+
+
+def _prefetch(repo: Repository, source: str, name: str, spool: Path, count: int, seg_size: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .walnames import segment_name
+
+    tli, segno = parse_segment(name, seg_size) or (0, 0)
+    names = [segment_name(tli, segno + k, seg_size) for k in range(1, count + 1)]
+    names = [n for n in names if not (spool / n).exists()]
+    spool.mkdir(exist_ok=True)
+
+    def one(n: str) -> None:
+        rec = repo.get_log(source, n)
+        if rec is not None:
+            _write_segment(repo, rec, spool / n)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, names))

@@ -1,0 +1,106 @@
+"""The PostgreSQL window/plan logic, on synthetic manifests and WAL records (pure logic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from drkit.dumpers.postgres.chain import merged_intervals, plan_restore, windows
+from drkit.dumpers.postgres.walnames import format_lsn, parse_lsn, parse_segment, segment_name
+from drkit.errors import OutsideWindow
+from drkit.repository import LogRecord, Manifest, StreamRef
+from drkit.repository.manifest import iso
+
+SEG = 16 * 1024 * 1024
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def base(bid: str, tli: int, start_seg: int, stop_seg: int, stop_min: float) -> Manifest:
+    md = {
+        "start_lsn": format_lsn(start_seg * SEG + 40), "stop_lsn": format_lsn(stop_seg * SEG + 300),
+        "timeline": tli, "stop_time": iso(at(stop_min)), "segment_size": SEG, "wal_included": True,
+    }
+    return Manifest(bid, "db", "postgres", "full", iso(at(stop_min - 1)), iso(at(stop_min)),
+                    [StreamRef("base.tar", 1, "d")], md)
+
+
+def seg(tli: int, segno: int, first: float | None, last: float | None) -> LogRecord:
+    md = {"first_commit": iso(at(first)) if first is not None else None,
+          "last_commit": iso(at(last)) if last is not None else None}
+    return LogRecord("db", segment_name(tli, segno), StreamRef("x", 1, "d"), md)
+
+
+def history(tli: int, entries: list[tuple[int, int]]) -> LogRecord:
+    return LogRecord("db", f"{tli:08X}.history", StreamRef("x", 1, "d"),
+                     {"history": [[p, lsn] for p, lsn in entries]})
+
+
+def test_names_roundtrip():
+    assert segment_name(1, 0x1FF) == "000000010000000100000FF"[:0] + "0000000100000001000000FF"
+    assert parse_segment("0000000100000001000000FF") == (1, 0x1FF)
+    assert format_lsn(parse_lsn("1A/2B3C")) == "1A/2B3C"
+
+
+def test_window_runs_to_last_commit_of_contiguous_chain_and_names_gap():
+    b = base("b1", 1, 2, 3, stop_min=10)
+    logs = [seg(1, 4, 11, 12), seg(1, 5, 13, 14), seg(1, 7, 20, 21)]  # 6 missing
+    chains, notes = windows([b], logs)
+    assert not notes
+    assert merged_intervals(chains) == [(at(10), at(14))]
+    assert chains[0].missing == segment_name(1, 6)
+    with pytest.raises(OutsideWindow) as exc:
+        plan_restore(chains, at(20.5), "db")
+    assert segment_name(1, 6) in str(exc.value)
+    with pytest.raises(OutsideWindow):
+        plan_restore(chains, at(9), "db")  # before the backup was consistent
+
+
+def test_plan_uses_target_inside_and_replays_all_at_the_end():
+    b = base("b1", 1, 2, 3, stop_min=10)
+    chains, _ = windows([b], [seg(1, 4, 11, 12), seg(1, 5, 13, 14)])
+    p = plan_restore(chains, at(12.5), "db")
+    assert p.backup.id == "b1" and p.target == at(12.5)
+    # At (or after) the last archived commit: replay everything, no recovery target, so
+    # PostgreSQL does not fail with "recovery ended before target".
+    assert plan_restore(chains, at(14), "db").target is None
+    assert plan_restore(chains, None, "db").target is None
+
+
+def test_newest_covering_base_is_chosen_and_windows_merge():
+    b1 = base("b1", 1, 2, 3, stop_min=10)
+    b2 = base("b2", 1, 6, 6, stop_min=30)
+    logs = [seg(1, n, 10 + n, 10 + n + 0.5) for n in range(4, 12)]
+    chains, _ = windows([b1, b2], logs)
+    assert merged_intervals(chains) == [(at(10), at(21.5)), (at(30), at(30))]
+    assert plan_restore(chains, at(15), "db").backup.id == "b1"
+    # b2 stops at minute 30 > the last commit (21.5): its window is just its stop time.
+    assert plan_restore(chains, None, "db").backup.id == "b2"
+
+
+def test_timeline_switch_is_followed():
+    # Backup on tli 1; a failover at segment 5 created tli 2; WAL continues on tli 2.
+    b = base("b1", 1, 2, 3, stop_min=10)
+    switch = 5 * SEG + 1000
+    logs = [seg(1, 4, 11, 12), seg(1, 5, 13, 13.5), history(2, [(1, switch)]),
+            seg(2, 5, 14, 14.5), seg(2, 6, 15, 16)]
+    chains, _ = windows([b], logs)
+    assert merged_intervals(chains) == [(at(10), at(16))]
+
+
+def test_timeline_that_branched_before_the_backup_is_ignored():
+    b = base("b1", 1, 6, 7, stop_min=30)
+    logs = [history(2, [(1, 3 * SEG)]), seg(2, 8, 31, 32), seg(1, 8, 33, 34)]
+    chains, _ = windows([b], logs)
+    assert merged_intervals(chains) == [(at(30), at(34))]
+
+
+def test_backup_without_included_wal_needs_its_range_archived():
+    b = base("b1", 1, 2, 3, stop_min=10)
+    b.metadata["wal_included"] = False
+    chains, notes = windows([b], [seg(1, 2, 9, 9.5)])  # segment 3 missing
+    assert chains == [] and segment_name(1, 3) in notes[0]
