@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from drkit.config import Config
+from drkit.config import Config, EncryptionConfig
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
 from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
@@ -94,3 +94,15 @@ def restore(config: Config, request: RestoreRequest) -> RestoreResult:
 
 def now_utc() -> datetime:
     return utcnow()
+
+
+def rotate_key(config: Config, new_encryption: EncryptionConfig) -> dict[str, Any]:
+    """Rewrap the master key with the key ``new_encryption`` names; data is not rewritten."""
+    repo = open_repository(config)
+    old = repo.key_id
+    new_id = repo.rotate_key(wrapper_from_config(new_encryption))
+    return {"repository": repo.storage.url, "old_key_id": old, "new_key_id": new_id}
+
+
+def list_keys(config: Config) -> list[dict[str, Any]]:
+    return open_repository(config).list_keys()

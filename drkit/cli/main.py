@@ -174,6 +174,54 @@ def verify(app: AppContext, as_json: bool) -> None:
         raise SystemExit(5)
 
 
+@cli.group()
+def key() -> None:
+    """Manage the key envelopes that wrap the repository master key."""
+
+
+@key.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def key_list(app: AppContext, as_json: bool) -> None:
+    """List key envelopes (never their material)."""
+    from drkit import ops
+
+    keys = ops.list_keys(app.config)
+    text = "\n".join(
+        f"{k['id']}  {k['kind']:<6} {k.get('source') or k.get('kms_key_id') or ''}{'  (in use)' if k['in_use'] else ''}"
+        for k in keys
+    )
+    emit(keys, as_json, text)
+
+
+@key.command("rotate")
+@click.option("--new-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the new key.")
+@click.option("--new-key-env", help="Environment variable holding the new key.")
+@click.option("--new-kms-key-id", help="AWS KMS key (id or ARN) to wrap with.")
+@click.option("--kms-endpoint-url", help="KMS endpoint (for KMS-compatible servers).")
+@click.option("--kms-region", help="KMS region.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def key_rotate(app: AppContext, new_key_file: Path | None, new_key_env: str | None, new_kms_key_id: str | None,
+               kms_endpoint_url: str | None, kms_region: str | None, as_json: bool) -> None:
+    """Rewrap the master key with a new key and remove the envelope of the current one.
+
+    No data is rewritten; every existing backup stays restorable with the new key. Update
+    the encryption section of the configuration afterwards.
+    """
+    from drkit import ops
+    from drkit.config import EncryptionConfig
+
+    given = [v for v in (new_key_file, new_key_env, new_kms_key_id) if v]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --new-key-file, --new-key-env, --new-kms-key-id")
+    enc = EncryptionConfig(key_file=new_key_file.absolute() if new_key_file else None, key_env=new_key_env,
+                           kms_key_id=new_kms_key_id, kms_endpoint_url=kms_endpoint_url, kms_region=kms_region)
+    data = ops.rotate_key(app.config, enc)
+    emit(data, as_json, f"master key rewrapped: key {data['old_key_id']} removed, key {data['new_key_id']} added; "
+                        "now point the configuration's encryption section at the new key")
+
+
 def _register_plugins() -> None:
     from drkit.dumpers import available_dumpers
 

@@ -16,6 +16,7 @@ from drkit.errors import (
     IntegrityError,
     LogConflict,
     NotFoundError,
+    RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
     UnsupportedFormat,
@@ -46,6 +47,7 @@ class Repository:
         self.compression_level = 3
         self.workers = cpu_workers()
         self.upload_concurrency = 2
+        self._master: bytes | None = None
         self._index: Index | None = None
         self._index_lock = threading.Lock()
 
@@ -78,7 +80,9 @@ class Repository:
         except AlreadyExistsError:
             storage.delete(f"{fmt.KEYS_PREFIX}{key_id}")
             raise RepositoryExists(f"a repository already exists at {storage.url}") from None
-        return cls(storage, keys, config, key_id)
+        repo = cls(storage, keys, config, key_id)
+        repo._master = master
+        return repo
 
     @classmethod
     def open(cls, storage: Storage, wrapper: Wrapper) -> Repository:
@@ -105,7 +109,9 @@ class Repository:
         body = json.dumps(config, sort_keys=True).encode()
         if not keys.check_mac(body, doc.get("mac", "")):
             raise IntegrityError(f"{fmt.CONFIG_KEY}: MAC mismatch (tampered config)", key=fmt.CONFIG_KEY)
-        return cls(storage, keys, config, key_id)
+        repo = cls(storage, keys, config, key_id)
+        repo._master = master
+        return repo
 
     @staticmethod
     def _unwrap_any(storage: Storage, wrapper: Wrapper, repo_id: str) -> tuple[bytes, str]:
@@ -129,9 +135,36 @@ class Repository:
             f"(tried {len(entries)} key envelope(s)); check encryption settings"
         )
 
-    def add_key(self, wrapper: Wrapper, master: bytes) -> str:
+    def list_keys(self) -> list[dict[str, Any]]:
+        out = []
+        for info in sorted(self.storage.list(fmt.KEYS_PREFIX), key=lambda i: i.key):
+            key_id = info.key[len(fmt.KEYS_PREFIX) :]
+            try:
+                env = decode_envelope(self.storage.get(info.key))
+            except (ValueError, NotFoundError):
+                env = {"kind": "unreadable"}
+            out.append({
+                "id": key_id, "kind": env.get("kind"), "source": env.get("source"),
+                "kms_key_id": env.get("kms_key_id"), "in_use": key_id == self.key_id,
+            })
+        return out
+
+    def rotate_key(self, new_wrapper: Wrapper) -> str:
+        """Wrap the master key with ``new_wrapper``, prove it unwraps, then drop the old envelope.
+
+        No data is rewritten.  Returns the new key id.
+        """
+        if self._master is None:
+            raise RepositoryError("repository was opened without its master key")
         key_id = random_hex(8)
-        self.storage.put(f"{fmt.KEYS_PREFIX}{key_id}", encode_envelope(wrapper.wrap(master, self.id, key_id)))
+        key = f"{fmt.KEYS_PREFIX}{key_id}"
+        self.storage.put(key, encode_envelope(new_wrapper.wrap(self._master, self.id, key_id)))
+        if new_wrapper.unwrap(decode_envelope(self.storage.get(key)), self.id, key_id) != self._master:
+            self.storage.delete(key)
+            raise RepositoryError("the new key envelope does not unwrap to the master key; nothing changed")
+        old = self.key_id
+        self.storage.delete(f"{fmt.KEYS_PREFIX}{old}")
+        self.key_id = key_id
         return key_id
 
     # -- helpers ------------------------------------------------------------------------------

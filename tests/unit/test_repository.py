@@ -156,3 +156,66 @@ def test_log_push_idempotent_and_conflict(storage):
     got = repo.get_log("db", "000000010000000000000001")
     assert got is not None and repo.open_stream(got.stream).read() == seg
     assert got.metadata == {"x": 1}
+
+
+def test_verify_names_corrupt_pack_and_affected_backups(storage):
+    from drkit.verify import verify
+
+    repo = Repository.init(storage, wrapper())
+    m = backup(repo, "db", {"s": realistic(3 * 1024 * 1024)})
+    repo.put_log("db", "000000010000000000000002", io.BytesIO(os.urandom(50_000)))
+    clean = verify(Repository.open(storage, wrapper()))
+    assert clean.problems == [] and clean.manifests == 1 and clean.log_segments == 1
+    pack = sorted(i.key for i in storage.list("data/"))[0]
+    _flip(storage, pack, 200)
+    report = verify(Repository.open(storage, wrapper()))
+    assert report.problems, "a flipped byte in a pack must be found"
+    named = {p["object"] for p in report.problems}
+    assert pack in named
+    affected = {a for p in report.problems for a in p["affects"]}
+    assert affected & {f"backup db/{m.id}", "log db/000000010000000000000002"}
+
+
+def test_flipped_log_record_detected(storage):
+    repo = Repository.init(storage, wrapper())
+    repo.put_log("db", "000000010000000000000003", io.BytesIO(b"wal" * 1000))
+    key = "logs/db/000000010000000000000003"
+    _flip(storage, key, 30)
+    with pytest.raises(IntegrityError) as exc:
+        Repository.open(storage, wrapper()).get_log("db", "000000010000000000000003")
+    assert key in str(exc.value)
+
+
+def test_moved_log_record_rejected(storage):
+    repo = Repository.init(storage, wrapper())
+    repo.put_log("db", "000000010000000000000003", io.BytesIO(b"wal" * 1000))
+    storage.put("logs/db/000000010000000000000004", storage.get("logs/db/000000010000000000000003"))
+    with pytest.raises(IntegrityError):
+        Repository.open(storage, wrapper()).get_log("db", "000000010000000000000004")
+
+
+def test_truncated_and_empty_objects_rejected(storage):
+    repo = Repository.init(storage, wrapper())
+    m = backup(repo, "db", {"s": realistic(500_000)})
+    key = f"manifests/db/{m.id}"
+    full = storage.get(key)
+    for bad in (full[: len(full) // 2], b""):
+        storage.put(key, bad, exclusive=False)
+        with pytest.raises(IntegrityError) as exc:
+            Repository.open(storage, wrapper()).list_manifests("db")
+        assert key in str(exc.value)
+
+
+def test_key_rotation_rewraps_without_rewriting_data(storage):
+    repo = Repository.init(storage, wrapper("old key material 123"))
+    m = backup(repo, "db", {"s": realistic(1_000_000)})
+    data_before = {i.key: i.size for i in storage.list("data/")}
+    repo.rotate_key(wrapper("new key material 456"))
+    with pytest.raises(WrongKey):
+        Repository.open(storage, wrapper("old key material 123"))
+    again = Repository.open(storage, wrapper("new key material 456"))
+    [loaded] = again.list_manifests("db")
+    assert again.open_stream(loaded.stream("s")).read() == realistic(1_000_000)
+    assert loaded.id == m.id
+    assert {i.key: i.size for i in storage.list("data/")} == data_before
+    assert [k["in_use"] for k in again.list_keys()] == [True]
