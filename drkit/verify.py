@@ -48,17 +48,31 @@ class VerifyReport:
 
 
 def verify_repository(config: Config) -> VerifyReport:
+    """Deep-verify the repository, then check every configured source's log chain."""
+    from drkit.dumpers import dumper_for
     from drkit.ops import open_repository
 
     repo = open_repository(config)
-    return verify(repo)
+    report = verify(repo)
+    for name in sorted(config.sources):
+        try:
+            window = dumper_for(config, name).window(repo)
+        except DrkitError as exc:
+            report.problems.append({"object": f"source {name}", "error": str(exc), "affects": []})
+            continue
+        for note in window.notes:
+            report.problems.append({"object": f"source {name} chain", "error": note, "affects": []})
+    return report
 
 
 def verify(repo: Repository) -> VerifyReport:
     t0 = time.monotonic()
     report = VerifyReport(repo.storage.url)
-    users: dict[str, list[str]] = defaultdict(list)
-    refs: dict[str, list] = {}
+    # Keyed by location, not chunk id: the same chunk may be stored in several packs (WAL is
+    # pushed without dedup, concurrent writers cannot see each other), and each copy in use
+    # must be readable.
+    users: dict[tuple, list[str]] = defaultdict(list)
+    refs: dict[tuple, list] = {}
     for info in repo.storage.list(INDEX_PREFIX):
         try:
             repo._open_json("index", info.key, repo.storage.get(info.key))
@@ -73,8 +87,9 @@ def verify(repo: Repository) -> VerifyReport:
         report.manifests += 1
         for s in m.streams:
             for ref in s.chunks:
-                users[ref[0]].append(f"backup {m.source}/{m.id}")
-                refs.setdefault(ref[0], ref)
+                loc = (ref[1], int(ref[2]), int(ref[3]))
+                users[loc].append(f"backup {m.source}/{m.id}")
+                refs.setdefault(loc, ref)
     for info in repo.storage.list(LOG_PREFIX):
         source, name = info.key[len(LOG_PREFIX):].split("/", 1)
         try:
@@ -86,12 +101,13 @@ def verify(repo: Repository) -> VerifyReport:
             continue
         report.log_segments += 1
         for ref in rec.stream.chunks:
-            users[ref[0]].append(f"log {source}/{name}")
-            refs.setdefault(ref[0], ref)
+            loc = (ref[1], int(ref[2]), int(ref[3]))
+            users[loc].append(f"log {source}/{name}")
+            refs.setdefault(loc, ref)
 
     def check(ref: list) -> tuple[list, str | None, int]:
         try:
-            return ref, None, len(fetch_chunk(repo, ref))
+            return ref, None, len(fetch_chunk(repo, ref, fallback=False))
         except DrkitError as exc:
             return ref, str(exc), 0
 
@@ -102,7 +118,7 @@ def verify(repo: Repository) -> VerifyReport:
             if err:
                 report.problems.append({
                     "object": f"data/{ref[1][:2]}/{ref[1]}", "chunk": ref[0], "error": err,
-                    "affects": sorted(set(users[ref[0]])),
+                    "affects": sorted(set(users[(ref[1], int(ref[2]), int(ref[3]))])),
                 })
     report.seconds = time.monotonic() - t0
     return report

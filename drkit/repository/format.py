@@ -9,6 +9,7 @@ CONFIG_KEY = "config"
 KEYS_PREFIX = "keys/"
 DATA_PREFIX = "data/"
 INDEX_PREFIX = "index/"
+LOG_INDEX_PREFIX = "index/log/"  # index files written by log pushes (not loaded for dedup)
 MANIFEST_PREFIX = "manifests/"
 LOG_PREFIX = "logs/"
 LOCK_PREFIX = "locks/"

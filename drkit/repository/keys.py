@@ -117,7 +117,7 @@ class KmsWrapper:
                 KeyId=self.key_id, KeySpec="AES_256", EncryptionContext={"drkit-repository": repo_id}
             )
         except (ClientError, BotoCoreError) as exc:
-            raise WrongKey(f"KMS GenerateDataKey with key {self.key_id} failed: {exc}") from None
+            raise _kms_error("GenerateDataKey", self.key_id, exc) from None
         nonce = os.urandom(12)
         wrapped = AESGCM(resp["Plaintext"]).encrypt(nonce, master, _aad(repo_id, key_id))
         return {
@@ -140,13 +140,33 @@ class KmsWrapper:
                 EncryptionContext={"drkit-repository": repo_id},
             )
         except (ClientError, BotoCoreError) as exc:
-            raise WrongKey(f"KMS Decrypt failed: {exc}") from None
+            raise _kms_error("Decrypt", self.key_id, exc) from None
         try:
             return AESGCM(resp["Plaintext"]).decrypt(
                 _unb64(envelope["nonce"]), _unb64(envelope["wrapped"]), _aad(repo_id, key_id)
             )
         except InvalidTag:
             raise WrongKey("KMS data key does not unwrap the master key") from None
+
+
+# KMS answers that mean "this key cannot unwrap this envelope"; anything else (throttling, a
+# network failure, an outage) is a service problem and must not be reported as a wrong key.
+_KMS_KEY_ERRORS = {
+    "AccessDeniedException", "IncorrectKeyException", "InvalidCiphertextException",
+    "NotFoundException", "DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException",
+}
+
+
+def _kms_error(op: str, key_id: str, exc: Exception) -> Exception:
+    from botocore.exceptions import ClientError
+
+    from drkit.errors import StorageError
+
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    if code in _KMS_KEY_ERRORS:
+        return WrongKey(f"KMS {op} with key {key_id} refused: {code}")
+    return StorageError(f"KMS {op} with key {key_id} failed ({code or type(exc).__name__}): the key "
+                        "service is unavailable; retry later (the repository was not changed)")
 
 
 def wrapper_from_config(enc: EncryptionConfig) -> Wrapper:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from drkit.repository.repo import Repository
 
 
-def fetch_chunk(repo: Repository, ref: list) -> bytes:
+def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True) -> bytes:
     """Fetch one chunk by its reference; fall back to the index if the location hint is stale."""
     blob_id, pack, offset, length, raw = ref
     key = pack_key(pack)
@@ -25,6 +25,10 @@ def fetch_chunk(repo: Repository, ref: list) -> bytes:
         sealed = repo.storage.get(key, int(offset), int(length))
         return open_chunk(repo.keys, sealed, blob_id, int(raw), what=key)
     except (IntegrityError, NotFoundError, StorageError) as first:
+        if not fallback:
+            if isinstance(first, IntegrityError):
+                raise
+            raise IntegrityError(f"chunk {blob_id[:16]} unavailable: {first}", key=key) from None
         loc = repo.load_index().get(blob_id)
         if loc is None or (loc.pack == pack and loc.offset == int(offset)):
             if isinstance(first, IntegrityError):

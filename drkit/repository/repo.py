@@ -49,6 +49,7 @@ class Repository:
         self.upload_concurrency = 2
         self._master: bytes | None = None
         self._index: Index | None = None
+        self._backup_index: Index | None = None
         self._index_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -130,9 +131,10 @@ class Repository:
                 return wrapper.unwrap(envelope, repo_id, key_id), key_id
             except WrongKey as exc:
                 errors.append(str(exc))
+        reasons = "; ".join(sorted(set(errors)))
         raise WrongKey(
             f"the configured {wrapper.description} does not unlock the repository at {storage.url} "
-            f"(tried {len(entries)} key envelope(s)); check encryption settings"
+            f"(tried {len(entries)} key envelope(s): {reasons}); check the encryption settings"
         )
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -184,12 +186,19 @@ class Repository:
         return self.decompress_meta(self.keys.open(sealed, fmt.object_aad(kind, key), what=key), key)
 
     # -- index --------------------------------------------------------------------------------
-    def load_index(self, refresh: bool = False) -> Index:
+    def load_index(self, refresh: bool = False, *, include_logs: bool = True) -> Index:
+        """The chunk map.  ``include_logs=False`` skips the index files of log pushes (WAL is
+        stored without dedup, so a backup gains nothing from loading them and their number
+        grows with every archived segment)."""
         with self._index_lock:
-            if self._index is not None and not refresh:
-                return self._index
+            cached = self._index if include_logs else self._backup_index
+            if cached is not None and not refresh:
+                return cached
             index = Index()
-            keys = [i.key for i in self.storage.list(fmt.INDEX_PREFIX)]
+            keys = [
+                i.key for i in self.storage.list(fmt.INDEX_PREFIX)
+                if include_logs or not i.key.startswith(fmt.LOG_INDEX_PREFIX)
+            ]
 
             def load(key: str) -> dict:
                 return decode_index(self._open_json("index", key, self.storage.get(key)))
@@ -197,7 +206,10 @@ class Repository:
             with ThreadPoolExecutor(8) as pool:
                 for doc in pool.map(load, keys):
                     index.merge_document(doc)
-            self._index = index
+            if include_logs:
+                self._index = index
+            else:
+                self._backup_index = index
             return index
 
     # -- writing --------------------------------------------------------------------------------

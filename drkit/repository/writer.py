@@ -27,7 +27,7 @@ from drkit.errors import DrkitError
 from drkit.repository import crashpoints
 from drkit.repository.blobs import Prepared, prepare
 from drkit.repository.crypto import random_hex
-from drkit.repository.format import INDEX_PREFIX, object_aad, pack_key
+from drkit.repository.format import INDEX_PREFIX, LOG_INDEX_PREFIX, object_aad, pack_key
 from drkit.repository.index import Location, encode_index
 from drkit.repository.manifest import StreamRef
 
@@ -48,7 +48,7 @@ class WriteSession:
         self.level = repo.compression_level
         self.pack_size = repo.pack_size
         self.workers = repo.workers
-        self.known = repo.load_index() if dedup else None
+        self.known = repo.load_index(include_logs=False) if dedup else None
         self._new: dict[str, Location] = {}
         self._pack_entries: dict[str, list[tuple[str, int, int, int]]] = {}
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drkit-chunk")
@@ -156,7 +156,7 @@ class WriteSession:
             crashpoints.hit("session.before_index")
             if self._pack_entries:
                 doc = encode_index(self._pack_entries)
-                name = f"{INDEX_PREFIX}{random_hex()}"
+                name = f"{INDEX_PREFIX if self.known is not None else LOG_INDEX_PREFIX}{random_hex()}"
                 sealed = self.keys.seal(self.repo.compress_meta(doc), object_aad("index", name))
                 self.repo.storage.put(name, sealed)
                 self.stored_bytes += len(sealed)

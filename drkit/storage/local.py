@@ -46,12 +46,13 @@ class LocalStorage(Storage):
             missing.append(p)
             p = p.parent
         path.mkdir(parents=True, exist_ok=True)
-        if self._owner:
-            for d in missing:
+        for d in reversed(missing):
+            if self._owner:
                 try:
                     os.chown(d, *self._owner)
                 except OSError:
                     pass
+            _fsync_dir(d.parent)  # make the new directory entry itself durable
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):

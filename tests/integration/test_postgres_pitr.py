@@ -227,3 +227,70 @@ def test_restore_across_a_timeline_switch(pgenv: PgEnv):
     finally:
         _stop_restored(pgenv, target, res["port"])
     assert ids == [1, 2, 3, 4, 5, 10, 11, 12, 13, 14] + [i for i, _ in marks if i <= row_id]
+
+
+def test_corrupt_wal_aborts_recovery_instead_of_promoting_early(pgenv: PgEnv):
+    """restore_command must not answer "not archived" for a corrupt segment: PostgreSQL would
+    promote a server that silently lacks the later transactions."""
+    with pgenv.conn() as c:
+        c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
+    pgenv.drkit("backup", "main")
+    _commit_rows(pgenv, 1, 3)
+    middle = pgenv.switch_and_wait_archived()
+    marks = _commit_rows(pgenv, 10, 3)
+    pgenv.switch_and_wait_archived()
+    # Flip one byte in every pack holding the middle segment (find them through verify).
+    pgenv.drkit("verify")
+    repo = pgenv.root / "repo"
+    import yaml
+
+    from drkit.config import parse_config
+    from drkit.ops import open_repository
+
+    cfg = parse_config(yaml.safe_load(pgenv.config_path.read_text()), pgenv.config_path)
+    rec = open_repository(cfg).get_log("main", middle)
+    for pack in {ref[1] for ref in rec.stream.chunks}:
+        path = repo / "data" / pack[:2] / pack
+        data = bytearray(path.read_bytes())
+        data[len(data) // 3] ^= 0x40
+        path.write_bytes(bytes(data))
+    target = pgenv.root / "restored"
+    proc = pgenv.drkit("restore", "main", "--point-in-time", marks[-1][1].isoformat(), "--target-dir",
+                       str(target), "--start", check=False)
+    assert proc.returncode != 0, "a restore that could not read its WAL must not succeed"
+    log = (target / "drkit-restore.log").read_text()
+    assert "aborting recovery" in log or "authentication failed" in log
+    assert "archive recovery complete" not in log
+    assert not (target / "postmaster.pid").exists()
+    report = pgenv.drkit("verify", "--json", check=False)
+    assert report.returncode == 5 and f"log main/{middle}" in report.stdout
+
+
+def test_restore_is_pinned_to_the_planned_chain(pgenv: PgEnv):
+    """WAL archived after the plan was made (the primary still running during an incident) is
+    never replayed into a restore to the end of the window."""
+    from drkit.sandbox.postgres import start_existing
+
+    with pgenv.conn() as c:
+        c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
+    pgenv.drkit("backup", "main")
+    marks = _commit_rows(pgenv, 1, 4)
+    pgenv.switch_and_wait_archived()
+    target = pgenv.root / "restored"
+    pgenv.drkit("restore", "main", "--point-in-time", marks[-1][1].isoformat(), "--target-dir", str(target))
+    _commit_rows(pgenv, 50, 4)  # after the plan: must not appear in the restore
+    pgenv.switch_and_wait_archived()
+    inst = start_existing(target, port=_free_port())
+    try:
+        inst.wait_recovery_done(timeout=120)
+        with inst.connect() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM events ORDER BY id").fetchall()]
+    finally:
+        inst.stop()
+    assert ids == [1, 2, 3, 4]
+
+
+def _free_port() -> int:
+    from drkit.sandbox.ports import free_port
+
+    return free_port()

@@ -86,15 +86,23 @@ class PostgresDumper(Dumper):
                 raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
             target_time = None
             plan_backup = manifest
-            details: dict[str, Any] = {"recovery": "to the backup's consistent point, then the archived WAL up to the end"}
-            # --backup restores the backup and stops at its consistent point.
-            immediate = True
+            # --backup restores the backup as of its end: recovery replays WAL only through the
+            # backup's stop segment, then promotes.  (recovery_target='immediate' fails when the
+            # consistent point coincides with the end of the available WAL, as it does for
+            # backups taken from a standby.)
+            until = manifest.metadata.get("stop_wal")
+            timeline = int(manifest.metadata.get("timeline", 1))
+            min_segno = None
+            details: dict[str, Any] = {"recovery": f"to the end of the backup (WAL through {until})"}
         else:
             chains, notes, manifests = self._chains(repo)
             if not [m for m in manifests if m.type == "full"]:
                 raise BackupNotFound(f"source {self.source.name} has no full backup")
             plan = plan_restore(chains, request.point_in_time, self.source.name)
-            plan_backup, target_time, immediate = plan.backup, plan.target, False
+            plan_backup, target_time = plan.backup, plan.target
+            # Pin recovery to the chain this plan was made on: WAL archived later (a primary
+            # that is still running during the incident) is never replayed.
+            until, timeline, min_segno = plan.last_segment, plan.timeline, plan.min_replay_segno()
             details = {"recovery": "to " + (target_time.isoformat() if target_time else "the end of the archived WAL")}
         phases["plan"] = time.monotonic() - t0
         prepare_target(request.target_dir)
@@ -110,17 +118,15 @@ class PostgresDumper(Dumper):
             request.target_dir, config_path=self.config.path, source=self.source.name,
             point_in_time=target_time, port=port,
             keep_archiving=bool(request.options.get("keep_archiving")),
-            socket_dir=request.target_dir if request.start else None,
+            socket_dir=request.target_dir if request.start else None, until=until, timeline=timeline,
         )
-        if immediate:
-            with open(request.target_dir / "postgresql.auto.conf", "a") as fh:
-                fh.write("recovery_target = 'immediate'\n")
         chown_tree(request.target_dir, self.options.os_user)
         details.update(bytes_restored=restored, settings={k: v for k, v in settings.items()})
         if request.start:
             assert port is not None
             t2 = time.monotonic()
             details.update(start_and_wait(self.options, request.target_dir, port))
+            _check_replayed(details.get("last_replayed_lsn"), min_segno, plan_backup, request)
             phases["recovery"] = time.monotonic() - t2
             details["port"] = port
             details["socket_dir"] = str(request.target_dir)
@@ -133,6 +139,18 @@ class PostgresDumper(Dumper):
         return pg_group
 
 
-def ensure(cond: bool, message: str) -> None:
-    if not cond:
-        raise DrkitError(message)
+def _check_replayed(lsn: str | None, min_segno: int | None, backup: Manifest, request: RestoreRequest) -> None:
+    """Refuse to call a restore done when recovery stopped before the WAL the plan needs."""
+    if min_segno is None or not lsn:
+        return
+    from .walnames import lsn_segno, parse_lsn, segment_name
+
+    seg = int(backup.metadata.get("segment_size", 16 << 20))
+    reached = lsn_segno(parse_lsn(lsn), seg)
+    if reached < min_segno:
+        raise DrkitError(
+            f"recovery ended early at LSN {lsn}: the plan needed WAL through segment "
+            f"{segment_name(1, min_segno, seg)[8:]} (any timeline); the restored server in "
+            f"{request.target_dir} is missing transactions -- do not use it. See its log "
+            "drkit-restore.log and run 'drkit verify'."
+        )

@@ -26,6 +26,7 @@ class SegmentInfo:
     segno: int
     first_commit: datetime | None
     last_commit: datetime | None
+    times_known: bool = True
 
 
 @dataclass
@@ -43,8 +44,27 @@ class BaseChain:
 @dataclass
 class Plan:
     backup: Manifest
-    target: datetime | None  # None = replay the whole contiguous chain
+    target: datetime | None  # None = replay the whole planned chain
     chain: BaseChain
+
+    @property
+    def last_segment(self) -> str | None:
+        """The last WAL segment recovery may read: the end of the chain this plan was made on."""
+        return self.chain.segments[-1].name if self.chain.segments else self.backup.metadata.get("stop_wal")
+
+    @property
+    def timeline(self) -> int:
+        return self.chain.timeline_path[-1][0]
+
+    def min_replay_segno(self) -> int | None:
+        """Recovery must replay at least through this segment (the last commit at or before T)."""
+        segs = self.chain.segments
+        if not segs:
+            return None
+        if self.target is None:
+            return segs[-1].segno
+        before = [s.segno for s in segs if s.first_commit and s.first_commit <= self.target]
+        return max(before) if before else None
 
 
 def _seg_size(manifest: Manifest) -> int:
@@ -64,6 +84,7 @@ class WalCatalog:
                     rec.name, parsed[0], parsed[1],
                     parse_iso(md["first_commit"]) if md.get("first_commit") else None,
                     parse_iso(md["last_commit"]) if md.get("last_commit") else None,
+                    bool(md.get("commit_times_ok", True)),
                 )
             elif HISTORY_RE.match(rec.name):
                 self.histories[int(rec.name[:8], 16)] = rec.metadata.get("history", [])
@@ -115,11 +136,13 @@ class WalCatalog:
         while True:
             t = self.tli_for(path, segno)
             info = self.segments.get((t, segno))
-            if info is None and included and segno == stop_segno + 1:
-                # The stop segment itself may have been archived too; it is optional here.
-                pass
             if info is None:
                 missing = segment_name(t, segno, self.seg_size)
+                break
+            if not info.times_known:
+                # Commit times unknown (pg_waldump could not decode it): the window cannot be
+                # promised past this segment, so the chain is cut here.
+                missing = f"{info.name} (commit times unknown)"
                 break
             segs.append(info)
             last = segno

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+WAL_FETCH_ABORT = 255
+
 
 @click.group(name="pg")
 def pg_group() -> None:
@@ -39,19 +41,34 @@ def wal_push_cmd(app, source: str, path: Path) -> None:  # noqa: ANN001
 
 @pg_group.command("wal-fetch")
 @click.option("--source", required=True, help="Source name in the configuration.")
+@click.option("--until", "until", metavar="SEGMENT",
+              help="Serve no WAL segment after this one (restores of one backup use it).")
 @click.argument("walname")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.pass_obj
-def wal_fetch_cmd(app, source: str, walname: str, dest: Path) -> None:  # noqa: ANN001
+def wal_fetch_cmd(app, source: str, until: str | None, walname: str, dest: Path) -> None:  # noqa: ANN001
     """Fetch one archived WAL file (use as restore_command ... %f %p).
 
-    Exits 1 when the file is not archived (PostgreSQL then ends recovery there).
+    Exits 1 when the file is not archived (PostgreSQL then ends recovery there) and 255 on any
+    other failure (corrupt object, storage down, wrong key), which makes PostgreSQL abort
+    recovery rather than promote a server that is missing data.
     """
-    from .wal import fetch_from_spool, wal_fetch
+    from .wal import beyond, fetch_from_spool, wal_fetch
 
-    if fetch_from_spool(walname, dest):
-        return
-    repo, _dumper = _setup(app, source)
-    if not wal_fetch(repo, source, walname, dest):
+    if until and beyond(walname, until):
+        click.echo(f"drkit: {walname} is after {until}, the end of the planned restore", err=True)
+        sys.exit(1)
+    try:
+        if fetch_from_spool(walname, dest):
+            return
+        repo, _dumper = _setup(app, source)
+        found = wal_fetch(repo, source, walname, dest, prefetch=0 if until else 8)
+    except Exception as exc:  # noqa: BLE001 - every failure must abort recovery, see below
+        # Exit 1 tells PostgreSQL "not archived": it would end recovery and promote with data
+        # missing.  Any real failure must abort recovery instead, which PostgreSQL does for an
+        # exit status above 125.
+        click.echo(f"drkit: error: fetching {walname} failed, aborting recovery: {exc}", err=True)
+        sys.exit(WAL_FETCH_ABORT)
+    if not found:
         click.echo(f"drkit: {walname} is not in the archive of {source}", err=True)
         sys.exit(1)

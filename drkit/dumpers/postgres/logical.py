@@ -63,6 +63,12 @@ def _drain(proc: subprocess.Popen, tail: deque[str]) -> None:
         tail.append(line.decode(errors="replace"))
 
 
+def _params(dsn: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)
+
+
 def _with_db(dsn: str, db: str) -> str:
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -76,6 +82,10 @@ def restore_logical(
     *, into_dsn: str | None = None, database: str | None = None,
 ) -> dict[str, str]:
     """Write each database's dump to ``target/<db>.dump``; with ``into_dsn`` also pg_restore it."""
+    if into_dsn:
+        from .options import check_no_password
+
+        check_no_password(into_dsn, "--into-dsn")
     target.mkdir(parents=True, exist_ok=True)
     written = {}
     for ref in manifest.streams:
@@ -85,13 +95,21 @@ def restore_logical(
         path = target / f"{db}.dump"
         if path.exists():
             raise DrkitError(f"{path} exists; restore into an empty directory")
-        with repo.open_stream(ref) as src, open(path, "wb") as out:
-            while block := src.read(1024 * 1024):
-                out.write(block)
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            with repo.open_stream(ref) as src, open(tmp, "wb") as out:
+                while block := src.read(1024 * 1024):
+                    out.write(block)
+            tmp.replace(path)  # only a fully verified dump gets its real name
+        finally:
+            tmp.unlink(missing_ok=True)
         written[db] = str(path)
         if into_dsn:
+            # With --database, restore into the database the DSN names (e.g. a scratch copy);
+            # otherwise each database goes into the database of the same name.
+            dest_dsn = into_dsn if (database and "dbname" in _params(into_dsn)) else _with_db(into_dsn, db)
             proc = subprocess.run(
-                [opts.tool("pg_restore"), "--no-owner", f"--dbname={_with_db(into_dsn, db)}", str(path)],
+                [opts.tool("pg_restore"), "--no-owner", f"--dbname={dest_dsn}", str(path)],
                 capture_output=True, text=True, env=opts.env(), check=False,
             )
             if proc.returncode != 0:

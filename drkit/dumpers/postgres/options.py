@@ -51,6 +51,33 @@ class PgOptions:
         return str(path)
 
 
+def check_no_password(dsn: str, what: str) -> None:
+    """Refuse a connection string (key=value or URI form) that carries a password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - never echo the DSN: it may hold a secret
+        raise ConfigError(f"{what} is not a valid libpq connection string") from None
+    if params.get("password"):
+        raise ConfigError(
+            f"{what} must not contain a password: use password_env or password_file (a password "
+            "in the DSN would appear in process arguments and error messages)"
+        )
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN with any password removed, for messages."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001
+        return "(unparseable DSN)"
+    params.pop("password", None)
+    return make_conninfo(**params)
+
+
 def find_bin_dir() -> Path | None:
     env = os.environ.get("DRKIT_PG_BIN")
     if env:
@@ -67,11 +94,7 @@ def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
     dsn = raw.pop("dsn", None)
     if not dsn or not isinstance(dsn, str):
         raise ConfigError(f"{where}.dsn is required (a libpq connection string)")
-    if "password=" in dsn.replace(" ", ""):
-        raise ConfigError(
-            f"{where}.dsn must not contain a password: use password_env or password_file "
-            "(a password in the DSN would appear in process arguments)"
-        )
+    check_no_password(dsn, f"{where}.dsn")
     bin_dir = raw.pop("bin_dir", None)
     bin_path = Path(bin_dir) if bin_dir else find_bin_dir()
     if bin_path is None:

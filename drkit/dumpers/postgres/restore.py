@@ -66,17 +66,22 @@ def _check_member(member: tarfile.TarInfo, backup_id: str) -> None:
 
 def write_recovery_config(
     target: Path, *, config_path: Path | None, source: str, point_in_time: datetime | None,
-    port: int | None, keep_archiving: bool, socket_dir: Path | None,
+    port: int | None, keep_archiving: bool, socket_dir: Path | None, until: str | None = None,
+    timeline: int | None = None,
 ) -> dict[str, Any]:
     drkit = drkit_executable()
     parts = [drkit]
     if config_path:
         parts += ["--config", str(config_path)]
-    parts += ["pg", "wal-fetch", "--source", source, "%f", "%p"]
+    parts += ["pg", "wal-fetch", "--source", source]
+    if until:
+        parts += ["--until", until]
+    parts += ["%f", "%p"]
     restore_command = " ".join(shlex.quote(p) if p not in ("%f", "%p") else f'"{p}"' for p in parts)
     settings: dict[str, str] = {
         "restore_command": restore_command,
-        "recovery_target_timeline": "latest",
+        # The timeline drkit planned on, never "whatever is newest in the archive".
+        "recovery_target_timeline": str(timeline) if timeline else "latest",
         "recovery_target_action": "promote",
     }
     if point_in_time is not None:
@@ -137,9 +142,15 @@ def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 36
                 host=str(target), port=port, user="postgres", dbname="postgres",
                 connect_timeout=3, autocommit=True,
             ) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()").fetchone()
+                row = conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()"
+                ).fetchone()
                 if row and not row[0]:
-                    return {"log": str(log_path), "last_replayed_commit": row[1].isoformat() if row[1] else None}
+                    return {
+                        "log": str(log_path),
+                        "last_replayed_commit": row[1].isoformat() if row[1] else None,
+                        "last_replayed_lsn": str(row[2]) if row[2] else None,
+                    }
         except psycopg.Error as exc:
             last_err = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         time.sleep(0.2)

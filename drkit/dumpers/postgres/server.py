@@ -9,7 +9,7 @@ import psycopg
 
 from drkit.errors import SourceError
 
-from .options import PgOptions
+from .options import PgOptions, safe_dsn
 
 
 def connect(opts: PgOptions, dbname: str | None = None) -> psycopg.Connection:
@@ -22,15 +22,11 @@ def connect(opts: PgOptions, dbname: str | None = None) -> psycopg.Connection:
     try:
         return psycopg.connect(opts.dsn, **kwargs)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to PostgreSQL ({_safe_dsn(opts.dsn)}): {_first_line(exc)}") from None
+        raise SourceError(f"cannot connect to PostgreSQL ({safe_dsn(opts.dsn)}): {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _safe_dsn(dsn: str) -> str:
-    return " ".join(p for p in dsn.split() if not p.lower().startswith("password"))
 
 
 def server_facts(opts: PgOptions) -> dict[str, Any]:

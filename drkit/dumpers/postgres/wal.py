@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drkit.errors import ChainBroken, ConfigError, NotFoundError, SourceError
+from drkit.errors import AlreadyExistsError, ChainBroken, ConfigError, NotFoundError, SourceError
 from drkit.repository import Repository
 from drkit.repository.format import object_aad
 
@@ -38,22 +38,41 @@ def segment_header(path: Path) -> dict[str, int]:
     return {"timeline": tli, "system_identifier": sysid, "segment_size": seg_size}
 
 
-def commit_times(opts: PgOptions, path: Path) -> tuple[str | None, str | None, int]:
-    """First and last commit/abort timestamps in one segment (via pg_waldump), and their count."""
-    proc = subprocess.run(
-        [opts.tool("pg_waldump"), "--rmgr=Transaction", str(path)],
-        capture_output=True, text=True, env=opts.env(), timeout=300, check=False,
-    )
+def commit_times(opts: PgOptions, path: Path) -> dict[str, Any]:
+    """First/last commit (and abort) timestamps in one segment, via pg_waldump.
+
+    ``commit_times_ok`` is false when pg_waldump could not decode the segment at all (missing
+    tool, another major version, garbage): the chain logic then treats the segment's times as
+    unknown instead of "no commits".
+    """
+    try:
+        proc = subprocess.run(
+            [opts.tool("pg_waldump"), str(path)],
+            capture_output=True, text=True, env=opts.env(), timeout=300, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired, ConfigError) as exc:
+        log.warning("pg_waldump failed on %s: %s", path.name, exc)
+        return {"commit_times_ok": False, "first_commit": None, "last_commit": None, "commits": 0}
     # pg_waldump exits non-zero at the segment's end (a record continues in the next file):
     # that is expected; what it printed before is valid.
-    stamps = []
+    stamps, records = [], 0
     for line in proc.stdout.splitlines():
-        m = _TS_RE.search(line)
-        if m:
-            stamps.append(_to_iso(m.group(1)))
-    if not stamps:
-        return None, None, 0
-    return min(stamps), max(stamps), len(stamps)
+        if not line.startswith("rmgr:"):
+            continue
+        records += 1
+        if "rmgr: Transaction" in line:
+            m = _TS_RE.search(line)
+            if m:
+                stamps.append(_to_iso(m.group(1)))
+    ok = records > 0
+    if not ok:
+        log.warning("pg_waldump decoded no record in %s: %s", path.name, proc.stderr.strip()[-300:])
+    return {
+        "commit_times_ok": ok,
+        "first_commit": min(stamps) if stamps else None,
+        "last_commit": max(stamps) if stamps else None,
+        "commits": len(stamps),
+    }
 
 
 def _to_iso(text: str) -> str:
@@ -72,8 +91,11 @@ def check_system_id(repo: Repository, source: str, sysid: int) -> None:
     try:
         sealed = repo.storage.get(key)
     except NotFoundError:
-        repo.storage.put(key, repo.keys.seal(body, object_aad("sysid", key)))
-        return
+        try:
+            repo.storage.put(key, repo.keys.seal(body, object_aad("sysid", key)))
+            return
+        except AlreadyExistsError:  # a concurrent first push won the race: compare with it
+            sealed = repo.storage.get(key)
     stored = json.loads(repo.keys.open(sealed, object_aad("sysid", key), what=key))["system_identifier"]
     if stored != str(sysid):
         raise ChainBroken(
@@ -95,11 +117,17 @@ def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tupl
         check_system_id(repo, source, header["system_identifier"])
         meta.update(header)
         meta["system_identifier"] = str(header["system_identifier"])
-        first, last, count = commit_times(opts, path)
-        meta.update(first_commit=first, last_commit=last, commits=count)
+        meta.update(commit_times(opts, path))
         parsed = parse_segment(name[:24], header["segment_size"])
         if parsed:
             meta["segno"] = parsed[1]
+    else:
+        # History and backup-label files carry no system identifier of their own: take the
+        # cluster's from pg_control beside pg_wal (archive_command runs in the data directory).
+        sysid = _cluster_system_id(path)
+        if sysid is not None:
+            check_system_id(repo, source, sysid)
+            meta["system_identifier"] = str(sysid)
     if HISTORY_RE.match(name):
         from .walnames import parse_history
 
@@ -108,6 +136,19 @@ def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tupl
     with open(path, "rb") as fh:
         status, record = repo.put_log(source, name, fh, meta)
     return status, record.metadata
+
+
+def _cluster_system_id(path: Path) -> int | None:
+    parent = path.absolute().parent
+    control = parent.parent / "global" / "pg_control"
+    if parent.name != "pg_wal" or not control.is_file():
+        return None
+    try:
+        with open(control, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(head, "little") if len(head) == 8 else None
 
 
 def _kind(name: str) -> str:
@@ -123,6 +164,12 @@ def _kind(name: str) -> str:
 
 
 PREFETCH = 8
+
+
+def beyond(name: str, until: str) -> bool:
+    """True when WAL segment ``name`` lies after segment ``until`` (timelines aside)."""
+    a, b = SEGMENT_RE.match(name[:24]), SEGMENT_RE.match(until)
+    return bool(a and b and name[8:24] > until[8:24])
 SPOOL = "drkit-prefetch"
 
 
@@ -173,7 +220,12 @@ def wal_fetch(repo: Repository, source: str, name: str, dest: Path, prefetch: in
         return False
     _write_segment(repo, record, dest)
     if spool is not None and prefetch > 0 and SEGMENT_RE.match(name):
-        _prefetch(repo, source, name, spool, prefetch, int(record.metadata.get("segment_size", 16 << 20)))
+        try:
+            _prefetch(repo, source, name, spool, prefetch, int(record.metadata.get("segment_size", 16 << 20)))
+        except Exception as exc:  # noqa: BLE001 - best effort: the asked-for segment is already served
+            log.warning("prefetch after %s failed (%s); later segments are fetched on demand", name, exc)
+            for leftover in spool.glob("*.drkit-tmp"):
+                leftover.unlink(missing_ok=True)
     return True
 
 
@@ -188,9 +240,12 @@ def _prefetch(repo: Repository, source: str, name: str, spool: Path, count: int,
     spool.mkdir(exist_ok=True)
 
     def one(n: str) -> None:
-        rec = repo.get_log(source, n)
-        if rec is not None:
-            _write_segment(repo, rec, spool / n)
+        try:
+            rec = repo.get_log(source, n)
+            if rec is not None:
+                _write_segment(repo, rec, spool / n)
+        except Exception as exc:  # noqa: BLE001 - the on-demand fetch will report it properly
+            log.warning("prefetch of %s failed: %s", n, exc)
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, names))

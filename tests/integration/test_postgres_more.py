@@ -1,0 +1,95 @@
+"""PostgreSQL: backup from a streaming standby, logical backups, config/connection errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import psycopg
+import yaml
+from pgenv import DRKIT, make_pg_env
+
+from drkit.sandbox.postgres import start_standby
+
+
+def test_backup_taken_from_a_standby_restores_the_primary_data():
+    env = make_pg_env("standby")
+    try:
+        with env.conn() as c:
+            c.execute("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 5000) g")
+        standby = start_standby(env.pg, env.root / "standby")
+        env.restored.append(standby)
+        with psycopg.connect(standby.dsn, autocommit=True) as c:
+            assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        cfg = yaml.safe_load(env.config_path.read_text())
+        cfg["sources"]["main"]["dsn"] = standby.dsn
+        env.config_path.write_text(yaml.safe_dump(cfg))
+        out = json.loads(env.drkit("backup", "main", "--json").stdout)
+        assert out["metadata"]["from_standby"] is True
+        target = env.root / "restored"
+        res = json.loads(env.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
+                                   "--start", "--json").stdout)
+        dsn = f"host={target} port={res['port']} user=postgres dbname=postgres"
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                assert c.execute("SELECT count(*), sum(id) FROM t").fetchone() == (5000, sum(range(1, 5001)))
+        finally:
+            subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target),
+                            "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+    finally:
+        env.close()
+
+
+def test_logical_backup_restores_one_database_into_a_server():
+    env = make_pg_env("logical")
+    try:
+        with env.conn() as c:
+            c.execute("CREATE DATABASE app")
+        with psycopg.connect(env.pg.conninfo("app"), autocommit=True) as c:
+            c.execute("CREATE TABLE patients (id int PRIMARY KEY, name text, attrs jsonb)")
+            c.execute("INSERT INTO patients SELECT g, 'p' || g, jsonb_build_object('g', g) FROM generate_series(1, 2000) g")
+        out = json.loads(env.drkit("backup", "main", "--type", "logical", "--json").stdout)
+        assert out["type"] == "logical" and "app" in out["metadata"]["databases"]
+        # Disaster in the app database, then restore only it into a fresh database.
+        with env.conn() as c:
+            c.execute("CREATE DATABASE app_restored")
+        target = env.root / "dumps"
+        into = env.pg.conninfo("postgres")
+        proc = env.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
+                         "--database", "app", "--into-dsn", into.replace("dbname=postgres", "dbname=app_restored"),
+                         "--json")
+        files = json.loads(proc.stdout)["files"]
+        assert list(files) == ["app"]
+        with psycopg.connect(env.pg.conninfo("app_restored"), autocommit=True) as c:
+            assert c.execute("SELECT count(*), max(attrs->>'g') FROM patients").fetchone() == (2000, "999")
+    finally:
+        env.close()
+
+
+def test_unreachable_server_and_bad_config_fail_cleanly():
+    env = make_pg_env("errors")
+    try:
+        cfg = yaml.safe_load(env.config_path.read_text())
+        cfg["sources"]["main"]["dsn"] = "host=127.0.0.1 port=1 user=postgres dbname=postgres"
+        bad = env.root / "unreachable.yaml"
+        bad.write_text(yaml.safe_dump(cfg))
+        before = sorted(str(p) for p in (env.root / "repo").rglob("*"))
+        proc = subprocess.run([DRKIT, "--config", str(bad), "backup", "main"], capture_output=True, text=True)
+        assert proc.returncode == 10, proc.stderr
+        assert "cannot connect" in proc.stderr
+        assert sorted(str(p) for p in (env.root / "repo").rglob("*")) == before
+
+        cfg["sources"]["main"]["dsn"] = "host=127.0.0.1 password=hunter2 user=postgres"
+        bad.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([DRKIT, "--config", str(bad), "backup", "main"], capture_output=True, text=True)
+        assert proc.returncode == 2 and "must not contain a password" in proc.stderr
+        assert "hunter2" not in proc.stderr
+
+        bad.write_text("repository: [unclosed\n")
+        proc = subprocess.run([DRKIT, "--config", str(bad), "list"], capture_output=True, text=True)
+        assert proc.returncode == 2 and "invalid YAML at line" in proc.stderr
+
+        proc = env.drkit("restore", "nope", "--target-dir", str(env.root / "x"), check=False)
+        assert proc.returncode == 2 and "no source named 'nope'" in proc.stderr
+    finally:
+        env.close()
