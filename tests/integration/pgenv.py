@@ -81,6 +81,8 @@ class PgEnv:
             except Exception:  # noqa: BLE001
                 pass
         self.pg.stop()
+        if not os.environ.get("DRKIT_KEEP_TEST_DIRS"):
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _tail(path: Path) -> str:

@@ -93,3 +93,43 @@ def test_unreachable_server_and_bad_config_fail_cleanly():
         assert proc.returncode == 2 and "no source named 'nope'" in proc.stderr
     finally:
         env.close()
+
+
+def test_configuration_outside_the_data_directory_is_backed_up_and_restored():
+    """Debian/Ubuntu clusters keep postgresql.conf and pg_hba.conf in /etc/postgresql: a restore
+    must still start (pg_basebackup alone does not copy them)."""
+    import shutil
+
+    env = make_pg_env("etcconf")
+    try:
+        with env.conn() as c:
+            c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+        env.pg.stop()
+        etc = env.root / "etc"
+        (etc / "conf.d").mkdir(parents=True)
+        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+            shutil.move(str(env.pg.data_dir / name), str(etc / name))
+        with open(etc / "postgresql.conf", "a") as fh:
+            fh.write(f"\ndata_directory = '{env.pg.data_dir}'\nhba_file = '{etc}/pg_hba.conf'\n"
+                     f"ident_file = '{etc}/pg_ident.conf'\ninclude_dir = 'conf.d'\n")
+        for p in [etc, *etc.rglob("*")]:
+            shutil.chown(p, "postgres", "postgres")
+        subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(etc),
+                        "-l", str(etc / "server.log"), "-w", "start"], check=True, capture_output=True)
+        out = json.loads(env.drkit("backup", "main", "--json").stdout)
+        assert sorted(out["streams"]) == ["base.tar", "config/pg_hba.conf", "config/pg_ident.conf",
+                                          "config/postgresql.conf"]
+        target = env.root / "restored"
+        res = json.loads(env.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
+                                   "--start", "--json").stdout)
+        assert any("data_directory" in d for d in res["config_settings_disabled"])
+        dsn = f"host={target} port={res['port']} user=postgres dbname=postgres"
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+                assert c.execute("SHOW config_file").fetchone()[0] == str(target / "postgresql.conf")
+        finally:
+            subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target),
+                            "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+    finally:
+        env.close()

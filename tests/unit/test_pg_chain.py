@@ -104,3 +104,13 @@ def test_backup_without_included_wal_needs_its_range_archived():
     b.metadata["wal_included"] = False
     chains, notes = windows([b], [seg(1, 2, 9, 9.5)])  # segment 3 missing
     assert chains == [] and segment_name(1, 3) in notes[0]
+
+
+def test_parent_timeline_still_growing_after_a_branch_is_reported():
+    b = base("b1", 1, 2, 3, stop_min=10)
+    switch = 5 * SEG + 1000
+    logs = [seg(1, 4, 11, 12), seg(1, 5, 13, 13.5), seg(1, 6, 14, 15), history(2, [(1, switch)]),
+            seg(2, 5, 14, 14.5)]
+    chains, notes = windows([b], logs)
+    assert any("timeline 1 has WAL after timeline 2 branched" in n for n in notes)
+    assert merged_intervals(chains) == [(at(10), at(14.5))]

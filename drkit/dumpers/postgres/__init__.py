@@ -64,7 +64,14 @@ class PostgresDumper(Dumper):
     # -- restore ----------------------------------------------------------------------------
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
         from .logical import restore_logical
-        from .restore import chown_tree, extract_base, prepare_target, start_and_wait, write_recovery_config
+        from .restore import (
+            chown_tree,
+            extract_base,
+            prepare_target,
+            restore_config_files,
+            start_and_wait,
+            write_recovery_config,
+        )
 
         phases: dict[str, float] = {}
         t0 = time.monotonic()
@@ -108,6 +115,9 @@ class PostgresDumper(Dumper):
         prepare_target(request.target_dir)
         t1 = time.monotonic()
         restored = extract_base(repo, plan_backup, request.target_dir)
+        disabled = restore_config_files(repo, plan_backup, request.target_dir)
+        if disabled:
+            details["config_settings_disabled"] = disabled
         phases["download"] = time.monotonic() - t1
         port = request.port
         if request.start and not port:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import socket
@@ -14,9 +15,10 @@ from drkit import __version__
 from drkit.errors import SourceError
 from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.repository.writer import WriteSession
 
 from .options import PgOptions
-from .server import server_facts, server_now
+from .server import read_server_files, server_facts, server_now
 from .wal import check_system_id
 from .walnames import lsn_segno, parse_lsn, segment_name
 
@@ -87,6 +89,7 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         start_lsn, tli, stop_lsn = m_start.group(1), int(m_start.group(2)), m_end.group(1)
         stop_time = server_now(opts)
         seg = facts["segment_size"]
+        config_refs, config_warnings = _config_outside(repo, session, opts, facts)
         stored = session.finish()
     except BaseException:
         if proc.poll() is None:
@@ -97,7 +100,7 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         session.close()
     manifest = Manifest(
         id=new_backup_id(started), source=source, datastore="postgres", type="full",
-        started=iso(started), finished=iso(utcnow()), streams=[ref],
+        started=iso(started), finished=iso(utcnow()), streams=[ref, *config_refs],
         metadata={
             "method": "pg_basebackup",
             "start_lsn": start_lsn,
@@ -113,6 +116,8 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
             "from_standby": facts["in_recovery"],
             "wal_included": True,
             "archiving": facts["archive_mode"] in ("on", "always"),
+            "config_outside_data_dir": [r.name for r in config_refs],
+            "warnings": config_warnings,
             "chunks_new": session.chunks_new,
             "chunks_reused": session.chunks_reused,
         },
@@ -120,3 +125,20 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
     )
     repo.commit_manifest(manifest)
     return manifest
+
+
+def _config_outside(repo: Repository, session: WriteSession, opts: PgOptions, facts: dict[str, Any]):  # noqa: ANN202
+    """Configuration files that live outside the data directory (Debian/Ubuntu keep them in
+    /etc/postgresql/...): pg_basebackup does not copy them, so drkit stores them as streams."""
+    data_dir = facts["data_directory"].rstrip("/") + "/"
+    outside = {n: p for n, p in facts["config_files"].items() if p and not p.startswith(data_dir)}
+    if not outside:
+        return [], []
+    contents, warnings = read_server_files(opts, outside)
+    refs = [
+        session.write_stream(f"config/{name}", io.BytesIO(body), meta={"path": outside[name]})
+        for name, body in contents.items()
+    ]
+    for w in warnings:
+        log.warning("%s", w)
+    return refs, warnings

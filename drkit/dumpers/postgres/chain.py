@@ -166,6 +166,16 @@ def windows(backups: list[Manifest], records: list[LogRecord]) -> tuple[list[Bas
     chains, notes = [], []
     for b in physical:
         ch = cat.chain_for(b)
+        for (parent, _), (child, begin) in zip(ch.timeline_path, ch.timeline_path[1:], strict=False):
+            later = [n for (t, n) in cat.segments if t == parent and n > begin]
+            note = (
+                f"timeline {parent} has WAL after timeline {child} branched from it (segment "
+                f"{segment_name(parent, begin, seg_size)}): the original cluster kept running after a "
+                f"failover or a restore with --keep-archiving archived into this source; restores "
+                f"follow timeline {child}"
+            )
+            if later and note not in notes:
+                notes.append(note)
         if ch.consistent:
             chains.append(ch)
         else:

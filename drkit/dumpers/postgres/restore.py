@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import subprocess
@@ -51,6 +52,35 @@ def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
             _check_member(member, manifest.id)
             tar.extract(member, target, set_attrs=True)
     return ref.size
+
+
+_PATH_SETTINGS = re.compile(
+    r"^\s*(data_directory|hba_file|ident_file|external_pid_file|include_dir|include_if_exists|include)\b"
+)
+
+
+def restore_config_files(repo: Repository, manifest: Manifest, target: Path) -> list[str]:
+    """Lay down configuration that lived outside the data directory, made self-contained:
+    settings pointing at the old locations are commented out (and listed in the result)."""
+    disabled: list[str] = []
+    for ref in manifest.streams:
+        if not ref.name.startswith("config/"):
+            continue
+        dest = target / ref.name.split("/", 1)[1]
+        if dest.exists():
+            continue
+        with repo.open_stream(ref) as src:
+            text = src.read().decode(errors="replace")
+        if dest.name == "postgresql.conf":
+            lines = []
+            for line in text.splitlines():
+                if _PATH_SETTINGS.match(line):
+                    disabled.append(line.strip())
+                    line = "# disabled by drkit restore: " + line
+                lines.append(line)
+            text = "\n".join(lines) + "\n"
+        dest.write_text(text)
+    return disabled
 
 
 def _check_member(member: tarfile.TarInfo, backup_id: str) -> None:
@@ -125,36 +155,64 @@ def _as_user(cmd: list[str], os_user: str) -> list[str]:
     return cmd
 
 
-def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 3600.0) -> dict[str, Any]:
-    """Start the restored server and wait until recovery finished and it accepts writes."""
-    import psycopg
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_LAST_XACT = re.compile(r"last completed transaction was at log time (\S+ \S+)")
 
+
+def cluster_state(opts: PgOptions, target: Path) -> str:
+    """The data directory's state from pg_control ("in production", "in archive recovery"...)."""
+    proc = subprocess.run(
+        [opts.tool("pg_controldata"), "-D", str(target)], capture_output=True, text=True,
+        env={**opts.env(), "LC_ALL": "C", "LANG": "C"}, check=False, timeout=30,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("Database cluster state:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 3600.0) -> dict[str, Any]:
+    """Start the restored server; wait until recovery finished and it accepts connections.
+
+    Progress is read from pg_control and the server log, not through a login, so it works
+    whatever authentication the restored pg_hba.conf demands.
+    """
     log_path = target / "drkit-restore.log"
     cmd = _as_user([opts.tool("pg_ctl"), "-D", str(target), "-l", str(log_path), "-w", "-t", "60", "start"], opts.os_user)
     subprocess.run(cmd, capture_output=True, check=False, timeout=120)
     deadline = time.monotonic() + timeout
-    last_err = ""
+    state = "unknown"
     while time.monotonic() < deadline:
         if not (target / "postmaster.pid").exists():
             raise SourceError(f"the restored server stopped during recovery:\n{_tail(log_path)}")
-        try:
-            with psycopg.connect(
-                host=str(target), port=port, user="postgres", dbname="postgres",
-                connect_timeout=3, autocommit=True,
-            ) as conn:
-                row = conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()"
-                ).fetchone()
-                if row and not row[0]:
-                    return {
-                        "log": str(log_path),
-                        "last_replayed_commit": row[1].isoformat() if row[1] else None,
-                        "last_replayed_lsn": str(row[2]) if row[2] else None,
-                    }
-        except psycopg.Error as exc:
-            last_err = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        state = cluster_state(opts, target)
+        if state == "in production":
+            ready = subprocess.run(
+                [opts.tool("pg_isready"), "-q", "-h", str(target), "-p", str(port), "-t", "2"],
+                env=opts.env(), check=False, timeout=30,
+            )
+            if ready.returncode == 0:
+                text = log_path.read_text(errors="replace") if log_path.exists() else ""
+                redo = _REDO_DONE.findall(text)
+                last = _LAST_XACT.findall(text)
+                return {
+                    "log": str(log_path),
+                    "last_replayed_lsn": redo[-1] if redo else None,
+                    "last_replayed_commit": _log_time(last[-1]) if last else None,
+                }
         time.sleep(0.2)
-    raise SourceError(f"recovery did not finish within {timeout:.0f} s ({last_err}):\n{_tail(log_path)}")
+    raise SourceError(
+        f"recovery did not finish within {timeout:.0f} s (cluster state: {state}):\n{_tail(log_path)}"
+    )
+
+
+def _log_time(text: str) -> str | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        return text
 
 
 def _tail(path: Path, n: int = 30) -> str:

@@ -37,7 +37,9 @@ def server_facts(opts: PgOptions) -> dict[str, Any]:
             " current_setting('wal_segment_size'), current_setting('archive_mode'),"
             " current_setting('archive_command'), current_setting('wal_level'),"
             " (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default','pg_global')),"
-            " pg_is_in_recovery(), current_setting('archive_timeout')"
+            " pg_is_in_recovery(), current_setting('archive_timeout'),"
+            " current_setting('data_directory'), current_setting('config_file'),"
+            " current_setting('hba_file'), current_setting('ident_file')"
         ).fetchone()
     assert row is not None
     seg = row[3]
@@ -52,7 +54,24 @@ def server_facts(opts: PgOptions) -> dict[str, Any]:
         "tablespaces": int(row[7]),
         "in_recovery": bool(row[8]),
         "archive_timeout": row[9],
+        "data_directory": row[10],
+        "config_files": {"postgresql.conf": row[11], "pg_hba.conf": row[12], "pg_ident.conf": row[13]},
     }
+
+
+def read_server_files(opts: PgOptions, paths: dict[str, str]) -> tuple[dict[str, bytes], list[str]]:
+    """Read small server-side files (configuration kept outside the data directory, as on
+    Debian/Ubuntu) with pg_read_binary_file; returns the contents and warnings."""
+    out: dict[str, bytes] = {}
+    warnings = []
+    with connect(opts) as conn:
+        for name, path in paths.items():
+            try:
+                row = conn.execute("SELECT pg_read_binary_file(%s)", (path,)).fetchone()
+                out[name] = bytes(row[0]) if row else b""
+            except psycopg.Error as exc:
+                warnings.append(f"could not read {path} ({_first_line(exc)}); restore it by hand")
+    return out, warnings
 
 
 def server_now(opts: PgOptions) -> datetime:
