@@ -114,3 +114,12 @@ def test_parent_timeline_still_growing_after_a_branch_is_reported():
     chains, notes = windows([b], logs)
     assert any("timeline 1 has WAL after timeline 2 branched" in n for n in notes)
     assert merged_intervals(chains) == [(at(10), at(14.5))]
+
+
+def test_standby_backup_needs_its_archived_stop_segment_to_continue():
+    b = base("b1", 1, 2, 3, stop_min=10)
+    b.metadata["from_standby"] = True
+    chains, notes = windows([b], [seg(1, 4, 11, 12)])  # stop segment 3 not archived yet
+    assert chains == [] and segment_name(1, 3) in notes[0]
+    chains, notes = windows([b], [seg(1, 3, 9, 9.5), seg(1, 4, 11, 12)])
+    assert not notes and merged_intervals(chains) == [(at(10), at(12))]

@@ -89,7 +89,7 @@ class PostgresDumper(Dumper):
                 return RestoreResult(self.source.name, manifest.id, request.target_dir, None, phases, {"files": written})
             chains, _, _ = self._chains(repo)
             chain = next((c for c in chains if c.backup.id == manifest.id), None)
-            if chain is None:
+            if chain is None and not manifest.metadata.get("wal_included"):
                 raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
             target_time = None
             plan_backup = manifest

@@ -127,10 +127,15 @@ class WalCatalog:
         stop_time = parse_iso(md["stop_time"])
         path = self.timeline_path(tli, stop_lsn)
         stop_segno = lsn_segno(stop_lsn, self.seg_size)
-        included = bool(md.get("wal_included"))
         # A backup that carries its own WAL (pg_basebackup -X fetch) is consistent by itself;
-        # the chain after it starts with the segment after its stop point.
-        segno = stop_segno + 1 if included else lsn_segno(start_lsn, self.seg_size)
+        # the chain after it starts with the segment after its stop point.  A backup taken from
+        # a standby carries only a partial copy of its stop segment: continuing past it needs
+        # the archived (complete) stop segment.
+        included = bool(md.get("wal_included")) and not md.get("from_standby")
+        if md.get("wal_included") and md.get("from_standby"):
+            segno = stop_segno
+        else:
+            segno = stop_segno + 1 if included else lsn_segno(start_lsn, self.seg_size)
         segs: list[SegmentInfo] = []
         last = stop_segno if included else None
         while True:
