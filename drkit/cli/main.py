@@ -224,6 +224,10 @@ def key_rotate(app: AppContext, new_key_file: Path | None, new_key_env: str | No
 
 def _register_plugins() -> None:
     from drkit.dumpers import available_dumpers
+    from drkit.sandbox.cli import sandbox
+
+    if "sandbox" not in cli.commands:
+        cli.add_command(sandbox)
 
     for _name, cls in available_dumpers().items():
         group = cls.cli_group()
