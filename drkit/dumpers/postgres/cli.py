@@ -31,12 +31,20 @@ def wal_push_cmd(app, source: str, path: Path) -> None:  # noqa: ANN001
     """Archive one WAL file (use as archive_command ... %p).
 
     Re-pushing an identical file succeeds; a different file under an archived name fails.
+    When more files wait in pg_wal/archive_status, up to 8 are archived ahead in parallel and
+    their own archive_command calls then return at once.
     """
-    from .wal import wal_push
+    from .wal import push_ahead, pushed_ahead, wal_push
 
+    if pushed_ahead(path):
+        click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
+        return
     repo, dumper = _setup(app, source)
     status, _meta = wal_push(repo, source, dumper.options, path)
     click.echo(f"{path.name}: {status}", err=True)
+    ahead = push_ahead(repo, source, dumper.options, path)
+    if ahead:
+        click.echo(f"also archived ahead: {', '.join(ahead)}", err=True)
 
 
 @pg_group.command("wal-fetch")

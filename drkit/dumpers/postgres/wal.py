@@ -138,6 +138,82 @@ def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tupl
     return status, record.metadata
 
 
+PUSH_AHEAD = 8
+ARCHIVED_DIR = "drkit-archived"
+
+
+def _marker_dir(path: Path) -> Path | None:
+    parent = path.absolute().parent
+    return parent.parent / ARCHIVED_DIR if parent.name == "pg_wal" else None
+
+
+def _file_digest(path: Path) -> str:
+    import blake3
+
+    h = blake3.blake3()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pushed_ahead(path: Path) -> bool:
+    """True when an earlier wal-push already archived exactly this file (push-ahead marker).
+
+    The marker lives in the data directory (``drkit-archived/<name>``), holds the file's BLAKE3,
+    and is consumed here, so the call PostgreSQL makes for that file returns at once without
+    opening the repository.
+    """
+    markers = _marker_dir(path)
+    if markers is None:
+        return False
+    marker = markers / path.name
+    try:
+        expected = marker.read_text().strip()
+    except OSError:
+        return False
+    if expected != _file_digest(path):
+        marker.unlink(missing_ok=True)
+        return False
+    marker.unlink(missing_ok=True)
+    return True
+
+
+def push_ahead(repo: Repository, source: str, opts: PgOptions, path: Path, count: int = PUSH_AHEAD) -> list[str]:
+    """Archive up to ``count`` more WAL files PostgreSQL has marked ``.ready``, in parallel,
+    leaving a marker for each so its own archive_command call returns immediately.
+
+    Best effort: a failure here only means PostgreSQL's own call for that file does the work.
+    """
+    markers = _marker_dir(path)
+    status_dir = path.absolute().parent / "archive_status"
+    if markers is None or not status_dir.is_dir() or count <= 0:
+        return []
+    ready = sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
+    todo = [n for n in ready if n != path.name and is_valid_wal_name(n) and not (markers / n).exists()][:count]
+    if not todo:
+        return []
+    markers.mkdir(exist_ok=True)
+
+    def one(name: str) -> str | None:
+        file = path.absolute().parent / name
+        try:
+            digest = _file_digest(file)
+            wal_push(repo, source, opts, file)
+            tmp = markers / f".{name}.tmp"
+            tmp.write_text(digest)
+            os.replace(tmp, markers / name)
+            return name
+        except Exception as exc:  # noqa: BLE001 - best effort, see docstring
+            log.info("push-ahead of %s skipped: %s", name, exc)
+            return None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        return [n for n in pool.map(one, todo) if n]
+
+
 def _cluster_system_id(path: Path) -> int | None:
     parent = path.absolute().parent
     control = parent.parent / "global" / "pg_control"
