@@ -115,7 +115,8 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
         else:
             click.echo("  recoverable window: none")
         if entry.get("current_rpo_seconds") is not None:
-            click.echo(f"  data at risk now (RPO): {entry['current_rpo_seconds']:.0f} s")
+            click.echo(f"  newest recoverable commit: {entry['current_rpo_seconds']:.0f} s ago "
+                       "(the data at risk if the source were lost now, on a busy database)")
         for note in entry.get("notes", []):
             click.echo(f"  note: {note}")
         for b in entry["backups"]:
@@ -124,7 +125,8 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--backup", "backup_id", help="Restore this backup (to its consistent point).")
+@click.option("--backup", "backup_id", help="Restore this backup (as of its end); with --point-in-time: "
+              "use this backup as the base instead of the newest one covering the time.")
 @click.option("--point-in-time", "pit", help="Restore to this time (ISO 8601 with zone, e.g. 2026-11-26T14:05:00Z).")
 @click.option("--target-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Empty or new directory to restore into.")

@@ -330,3 +330,24 @@ def test_archive_backlog_is_pushed_ahead_and_restores(pgenv: PgEnv):
     finally:
         _stop_restored(pgenv, target, res["port"])
     assert ids == list(range(6))
+
+
+def test_point_in_time_from_an_older_base_on_request(pgenv: PgEnv):
+    """--backup with --point-in-time picks the base (to route around a damaged newer one)."""
+    with pgenv.conn() as c:
+        c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
+    first = json.loads(pgenv.drkit("backup", "main", "--json").stdout)["id"]
+    _commit_rows(pgenv, 1, 3)
+    second = json.loads(pgenv.drkit("backup", "main", "--json").stdout)["id"]
+    marks = _commit_rows(pgenv, 10, 3)
+    pgenv.switch_and_wait_archived()
+    t = marks[1][1]
+    for base_id in (first, second):
+        target = pgenv.root / f"r-{base_id}"
+        res = json.loads(pgenv.drkit("restore", "main", "--backup", base_id, "--point-in-time", t.isoformat(),
+                                     "--target-dir", str(target), "--start", "--json").stdout)
+        assert res["backup"] == base_id
+        try:
+            assert _restored_ids(pgenv, target, res["port"]) == [1, 2, 3, 10, 11]
+        finally:
+            _stop_restored(pgenv, target, res["port"])

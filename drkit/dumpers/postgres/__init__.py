@@ -75,9 +75,10 @@ class PostgresDumper(Dumper):
 
         phases: dict[str, float] = {}
         t0 = time.monotonic()
-        if request.backup_id and request.point_in_time:
-            raise ConfigError("give either --backup or --point-in-time, not both")
-        if request.backup_id:
+        # --backup with --point-in-time names the base for a point-in-time restore (e.g. to
+        # route around a damaged newer backup): plan on that backup's chain only.
+        base_only = request.backup_id if request.backup_id and request.point_in_time else None
+        if request.backup_id and not base_only:
             manifest = repo.get_manifest(request.backup_id, self.source.name)
             if manifest.type == "logical":
                 prepare_target(request.target_dir)
@@ -105,6 +106,11 @@ class PostgresDumper(Dumper):
             chains, notes, manifests = self._chains(repo)
             if not [m for m in manifests if m.type == "full"]:
                 raise BackupNotFound(f"source {self.source.name} has no full backup")
+            if base_only:
+                repo.get_manifest(base_only, self.source.name)  # BackupNotFound if absent
+                chains = [c for c in chains if c.backup.id == base_only]
+                if not chains:
+                    raise OutsideWindow(f"backup {base_only} has no usable WAL chain: {'; '.join(notes)}")
             plan = plan_restore(chains, request.point_in_time, self.source.name)
             plan_backup, target_time = plan.backup, plan.target
             # Pin recovery to the chain this plan was made on: WAL archived later (a primary

@@ -35,8 +35,8 @@ class PgOptions:
         return env
 
     def password(self) -> str | None:
-        if self.password_env:
-            return os.environ.get(self.password_env)
+        if self.password_env and os.environ.get(self.password_env):
+            return os.environ[self.password_env]
         if self.password_file:
             try:
                 return self.password_file.read_text().strip()
