@@ -22,6 +22,7 @@ from drkit.errors import (
     UnsupportedFormat,
     WrongKey,
 )
+from drkit.repository import crashpoints
 from drkit.repository import format as fmt
 from drkit.repository.crypto import Keys, random_hex
 from drkit.repository.index import Index, decode_index
@@ -245,8 +246,10 @@ class Repository:
         finally:
             session.close()
         record = LogRecord(source=source, name=name, stream=ref, metadata=metadata or {})
+        crashpoints.hit("log.before_commit")
         try:
             self.storage.put(key, self._seal_json("log", key, record.to_json()))
+            crashpoints.hit("log.after_commit")
         except AlreadyExistsError:
             other = self.get_log(source, name)
             assert other is not None

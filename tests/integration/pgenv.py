@@ -94,7 +94,7 @@ def _tail(path: Path) -> str:
 
 def make_pg_env(tag: str, repo_url: str | None = None, s3: dict | None = None,
                 env: dict[str, str] | None = None, archive_timeout: int = 0,
-                encryption: dict | None = None) -> PgEnv:
+                encryption: dict | None = None, server_only_env: dict[str, str] | None = None) -> PgEnv:
     root = workdir(tag)
     key = root / "master.key"
     key.write_bytes(os.urandom(32).hex().encode())
@@ -108,7 +108,7 @@ def make_pg_env(tag: str, repo_url: str | None = None, s3: dict | None = None,
     cfg_path = root / "drkit.yaml"
     archive_cmd = f"{DRKIT} --config {cfg_path} pg wal-push --source main %p"
     pg = start_postgres(root / "pg", archive_command=archive_cmd, archive_timeout=archive_timeout or None,
-                        env=env or {})
+                        env={**(env or {}), **(server_only_env or {})})
     config = {
         "repository": {"url": repo_url, **({"s3": s3} if s3 else {})},
         "encryption": encryption or {"key_file": str(key)},

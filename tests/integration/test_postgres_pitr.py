@@ -351,3 +351,37 @@ def test_point_in_time_from_an_older_base_on_request(pgenv: PgEnv):
             assert _restored_ids(pgenv, target, res["port"]) == [1, 2, 3, 10, 11]
         finally:
             _stop_restored(pgenv, target, res["port"])
+
+
+@pytest.mark.parametrize("point", ["log.before_commit", "log.after_commit"])
+def test_wal_push_killed_mid_way_is_retried_without_a_gap(point):
+    """SIGKILL inside archive_command: PostgreSQL retries the same file; the re-push stores it (or
+    finds it identical) and the chain has no gap."""
+
+    from pgenv import make_pg_env, workdir
+
+    flags = workdir("crashflag")
+    import shutil
+
+    shutil.chown(flags, "postgres", "postgres")
+    env = make_pg_env("walcrash", server_only_env={"DRKIT_CRASH_AT": point,
+                                                   "DRKIT_CRASH_ONCE": str(flags / "crashed")})
+    try:
+        with env.conn() as c:
+            c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
+        env.drkit("backup", "main")
+        marks = _commit_rows(env, 1, 4)
+        env.switch_and_wait_archived(timeout=120)
+        assert (flags / "crashed").exists(), "the crash point was never reached"
+        target = env.root / "restored"
+        res = json.loads(env.drkit("restore", "main", "--point-in-time", marks[-1][1].isoformat(),
+                                   "--target-dir", str(target), "--start", "--json").stdout)
+        try:
+            assert _restored_ids(env, target, res["port"]) == [1, 2, 3, 4]
+        finally:
+            _stop_restored(env, target, res["port"])
+        report = json.loads(env.drkit("verify", "--json").stdout)
+        assert report["ok"], report["problems"]
+    finally:
+        env.close()
+        shutil.rmtree(flags, ignore_errors=True)
