@@ -44,8 +44,8 @@ class Prepared:
     sealed: bytes | None  # None when the chunk is already stored (dedup)
 
 
-def seal_chunk(keys: Keys, data: bytes, level: int) -> tuple[bytes, bytes]:
-    blob_id = keys.chunk_id(data)
+def seal_chunk(keys: Keys, data: bytes, level: int, blob_id: bytes | None = None) -> tuple[bytes, bytes]:
+    blob_id = blob_id if blob_id is not None else keys.chunk_id(data)
     compressed = _compressor(level).compress(data) if level > 0 else b""
     if compressed and len(compressed) < len(data):
         payload = bytes([BLOB_ZSTD]) + compressed
@@ -78,7 +78,7 @@ def prepare(keys: Keys, data: bytes, level: int, known: object | None) -> Prepar
     hex_id = blob_id.hex()
     if known is not None and hex_id in known:  # type: ignore[operator]
         return Prepared(hex_id, len(data), None)
-    _, sealed = seal_chunk(keys, data, level)
+    _, sealed = seal_chunk(keys, data, level, blob_id)
     # Self-check before upload (RELIABILITY: a dependency can corrupt data).
     open_chunk(keys, sealed, hex_id, len(data), what=f"self-check of new chunk {hex_id[:16]}")
     return Prepared(hex_id, len(data), sealed)

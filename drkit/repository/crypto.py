@@ -64,9 +64,16 @@ class Keys:
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.ident).digest()
 
-    def hasher(self) -> blake3.blake3:
-        """A keyed streaming hasher (for whole-stream digests)."""
-        return blake3.blake3(key=self.ident)
+    def stream_digest(self, chunk_ids_hex: list[str], size: int) -> str:
+        """A stream's digest: keyed BLAKE3 over its size and its chunk ids in order.
+
+        Each chunk id is itself the keyed BLAKE3 of the chunk, so this commits to every byte of
+        the stream without hashing the stream a second time on one thread.
+        """
+        h = blake3.blake3(size.to_bytes(8, "little"), key=self.ident)
+        for cid in chunk_ids_hex:
+            h.update(bytes.fromhex(cid))
+        return h.hexdigest()
 
     def mac_of(self, data: bytes) -> str:
         return blake3.blake3(data, key=self.mac).hexdigest()

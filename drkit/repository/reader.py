@@ -43,7 +43,6 @@ def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True) -> bytes:
 
 def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads: int = 4) -> Iterator[bytes]:
     """Yield the stream's plaintext chunk by chunk; verify the whole-stream digest at the end."""
-    hasher = repo.keys.hasher()
     size = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="drkit-fetch") as pool:
         window: deque[Future[bytes]] = deque()
@@ -57,10 +56,10 @@ def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads:
             nxt = next(refs, None)
             if nxt is not None:
                 window.append(pool.submit(fetch_chunk, repo, nxt))
-            hasher.update(data)
             size += len(data)
             yield data
-    if size != ref.size or hasher.hexdigest() != ref.digest:
+    # Every chunk was verified against its id as it arrived; the digest binds the id list.
+    if size != ref.size or repo.keys.stream_digest([c[0] for c in ref.chunks], size) != ref.digest:
         raise IntegrityError(
             f"stream {ref.name}: reassembled {size} bytes do not match the recorded digest/size "
             f"({ref.size} bytes)"

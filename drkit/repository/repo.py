@@ -234,11 +234,8 @@ class Repository:
         key = fmt.log_key(source, name)
         existing = self.get_log(source, name)
         if existing is not None:
-            hasher, size = self.keys.hasher(), 0
-            while block := reader.read(1024 * 1024):
-                hasher.update(block)
-                size += len(block)
-            return self._compare_log(existing, StreamRef(name, size, hasher.hexdigest()))
+            size, digest = self.digest_stream(reader)
+            return self._compare_log(existing, StreamRef(name, size, digest))
         session = self.session(dedup=False)
         try:
             ref = session.write_stream(name, reader)
@@ -265,6 +262,18 @@ class Repository:
             f"different content ({existing.stream.size} bytes stored, {ref.size} offered); the "
             "stored segment was kept. Another cluster may be archiving into the same source name."
         )
+
+    def digest_stream(self, reader: IO[bytes]) -> tuple[int, str]:
+        """Size and digest a stream would get if stored (same chunking), storing nothing."""
+        from pyfastcdc.cy import FastCDC
+
+        cdc = FastCDC(self.chunker["avg"], min_size=self.chunker["min"], max_size=self.chunker["max"],
+                      seed=self.keys.chunker_seed)
+        ids, size = [], 0
+        for chunk in cdc.cut_stream(reader):
+            ids.append(self.keys.chunk_id(chunk.data).hex())
+            size += chunk.length
+        return size, self.keys.stream_digest(ids, size)
 
     # -- reading --------------------------------------------------------------------------------
     def get_log(self, source: str, name: str) -> LogRecord | None:

@@ -97,7 +97,6 @@ class WriteSession:
         progress: Callable[[int], None] | None = None,
     ) -> StreamRef:
         """Chunk and store everything ``reader`` yields until EOF; return the stream's reference."""
-        hasher = self.keys.hasher()
         chunks: list[list[object]] = []
         window: deque[Future[Prepared]] = deque()
         max_inflight = 2 * self.workers + 2
@@ -105,7 +104,6 @@ class WriteSession:
         known = _MergedView(self._new, self.known)
         for chunk in self._cdc.cut_stream(reader):
             data = bytes(chunk.data)
-            hasher.update(data)
             size += len(data)
             window.append(self._pool.submit(prepare, self.keys, data, self.level, known))
             if len(window) >= max_inflight:
@@ -115,7 +113,8 @@ class WriteSession:
             crashpoints.hit("write_stream.chunk")
         while window:
             chunks.append(self._add(window.popleft().result()))
-        return StreamRef(name=name, size=size, digest=hasher.hexdigest(), chunks=chunks, meta=meta or {})
+        digest = self.keys.stream_digest([str(c[0]) for c in chunks], size)
+        return StreamRef(name=name, size=size, digest=digest, chunks=chunks, meta=meta or {})
 
     # -- packs ------------------------------------------------------------------------------
     def _flush_pack(self) -> None:

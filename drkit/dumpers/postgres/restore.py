@@ -47,7 +47,7 @@ def prepare_target(target: Path) -> None:
 def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
     """Stream base.tar from the repository into ``target``; return bytes restored."""
     ref = manifest.stream("base.tar")
-    with repo.open_stream(ref) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with repo.open_stream(ref) as stream, tarfile.open(fileobj=stream, mode="r|", copybufsize=1 << 20) as tar:
         for member in tar:
             _check_member(member, manifest.id)
             tar.extract(member, target, set_attrs=True)
