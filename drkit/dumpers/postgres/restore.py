@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,11 +45,12 @@ def prepare_target(target: Path) -> None:
 
 def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
     """Stream base.tar from the repository into ``target``; return bytes restored."""
+    from drkit.repository.reader import iter_stream
+
+    from .untar import extract
+
     ref = manifest.stream("base.tar")
-    with repo.open_stream(ref) as stream, tarfile.open(fileobj=stream, mode="r|", copybufsize=1 << 20) as tar:
-        for member in tar:
-            _check_member(member, manifest.id)
-            tar.extract(member, target, set_attrs=True)
+    extract(iter_stream(repo, ref), target)
     return ref.size
 
 
@@ -81,17 +81,6 @@ def restore_config_files(repo: Repository, manifest: Manifest, target: Path) -> 
             text = "\n".join(lines) + "\n"
         dest.write_text(text)
     return disabled
-
-
-def _check_member(member: tarfile.TarInfo, backup_id: str) -> None:
-    """Refuse anything that could escape the target directory (checked on every Python)."""
-    bad = member.name.startswith("/") or ".." in Path(member.name).parts
-    if member.issym() or member.islnk():
-        bad = bad or member.linkname.startswith("/") or ".." in Path(member.linkname).parts
-    if member.isdev() or member.isfifo():
-        bad = True
-    if bad:
-        raise DrkitError(f"refusing unsafe entry {member.name!r} in backup {backup_id}")
 
 
 def write_recovery_config(
