@@ -121,7 +121,12 @@ def test_archive_command_runs_as_server_user(workdir: Path, started: list[PgInst
     assert pg.psql("SHOW archive_timeout") == "1min"
     segment = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS x; SELECT pg_switch_wal()")
-    wait_for(lambda: (archive / segment).exists(), what=f"{segment} archived")
+    # archive_command is `cp`: the file exists before it is complete, so wait for the archiver
+    # to report the segment done, then check the copy.
+    wait_for(
+        lambda: pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment,
+        what=f"{segment} archived",
+    )
     assert (archive / segment).stat().st_size == 16 * 1024 * 1024
 
 
