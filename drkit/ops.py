@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from drkit.config import Config, EncryptionConfig
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
 from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
-from drkit.repository.manifest import iso, utcnow
+from drkit.repository.manifest import iso
 from drkit.storage import open_storage
 
 
@@ -90,10 +89,6 @@ def restore(config: Config, request: RestoreRequest) -> RestoreResult:
     result = dumper.restore(repo, request)
     result.phases = {"open": open_s, **result.phases}
     return result
-
-
-def now_utc() -> datetime:
-    return utcnow()
 
 
 def rotate_key(config: Config, new_encryption: EncryptionConfig) -> dict[str, Any]:

@@ -43,11 +43,6 @@ class Window:
     def contains(self, t: datetime) -> bool:
         return any(a <= t <= b for a, b in self.intervals)
 
-    def describe(self) -> str:
-        if not self.intervals:
-            return "no recoverable window (no complete backup yet)"
-        return ", ".join(f"{a.isoformat()} .. {b.isoformat()}" for a, b in self.intervals)
-
 
 @dataclass
 class RestoreRequest:

@@ -12,8 +12,6 @@ INDEX_PREFIX = "index/"
 LOG_INDEX_PREFIX = "index/log/"  # index files written by log pushes (not loaded for dedup)
 MANIFEST_PREFIX = "manifests/"
 LOG_PREFIX = "logs/"
-LOCK_PREFIX = "locks/"
-INFLIGHT_PREFIX = "inflight/"
 
 CHUNK_MIN = 256 * 1024
 CHUNK_AVG = 1024 * 1024

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,7 +134,3 @@ class LogRecord:
         doc.pop("kind")
         doc["stream"] = StreamRef.from_dict(doc["stream"])
         return cls(**doc)
-
-
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)

@@ -42,6 +42,7 @@ class PgEnv:
     source: str = "main"
     env: dict[str, str] = field(default_factory=dict)
     restored: list[PgInstance] = field(default_factory=list)
+    restored_dirs: list[Path] = field(default_factory=list)
 
     def drkit(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -74,7 +75,20 @@ class PgEnv:
                 time.sleep(0.1)
         raise AssertionError(f"WAL {walname} not archived within {timeout}s; server log:\n{_tail(self.pg.log_path)}")
 
+    def restored_conn(self, target: Path, port: int) -> psycopg.Connection:
+        """A connection to a server drkit restored into ``target`` (socket in the target dir)."""
+        self.restored_dirs.append(target)
+        return psycopg.connect(f"host={target} port={port} user=postgres dbname=postgres", autocommit=True)
+
+    def stop_datadir(self, data_dir: Path) -> None:
+        """Stop a server running from ``data_dir`` (a restore, or a relocated config dir)."""
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.pg.bin_dir / "pg_ctl"), "-D", str(data_dir),
+                        "-m", "fast", "-w", "stop"], capture_output=True, check=False, timeout=120)
+
     def close(self) -> None:
+        for d in self.restored_dirs:
+            if (d / "postmaster.pid").exists():
+                self.stop_datadir(d)
         for inst in self.restored:
             try:
                 inst.stop()

@@ -29,13 +29,11 @@ def test_backup_taken_from_a_standby_restores_the_primary_data():
         target = env.root / "restored"
         res = json.loads(env.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
                                    "--start", "--json").stdout)
-        dsn = f"host={target} port={res['port']} user=postgres dbname=postgres"
         try:
-            with psycopg.connect(dsn, autocommit=True) as c:
+            with env.restored_conn(target, res["port"]) as c:
                 assert c.execute("SELECT count(*), sum(id) FROM t").fetchone() == (5000, sum(range(1, 5001)))
         finally:
-            subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target),
-                            "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+            env.stop_datadir(target)
     finally:
         env.close()
 
@@ -123,13 +121,11 @@ def test_configuration_outside_the_data_directory_is_backed_up_and_restored():
         res = json.loads(env.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
                                    "--start", "--json").stdout)
         assert any("data_directory" in d for d in res["config_settings_disabled"])
-        dsn = f"host={target} port={res['port']} user=postgres dbname=postgres"
         try:
-            with psycopg.connect(dsn, autocommit=True) as c:
+            with env.restored_conn(target, res["port"]) as c:
                 assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 100
                 assert c.execute("SHOW config_file").fetchone()[0] == str(target / "postgresql.conf")
         finally:
-            subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target),
-                            "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+            env.stop_datadir(target)
     finally:
         env.close()

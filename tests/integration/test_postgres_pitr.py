@@ -9,7 +9,6 @@ import json
 import time
 from datetime import timedelta
 
-import psycopg
 import pytest
 from pgenv import PgEnv, make_pg_env
 
@@ -33,17 +32,13 @@ def _commit_rows(env: PgEnv, first: int, count: int) -> list[tuple[int, object]]
 
 
 def _restored_ids(env: PgEnv, target_dir, port: int) -> list[int]:
-    dsn = f"host={target_dir} port={port} user=postgres dbname=postgres"
-    with psycopg.connect(dsn, autocommit=True) as c:
+    with env.restored_conn(target_dir, port) as c:
         assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
         return [r[0] for r in c.execute("SELECT id FROM events ORDER BY id").fetchall()]
 
 
 def _stop_restored(env: PgEnv, target_dir, port: int) -> None:
-    import subprocess
-
-    subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target_dir),
-                    "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
+    env.stop_datadir(target_dir)
 
 
 def test_point_in_time_restores_exactly_the_committed_rows(pgenv: PgEnv):
@@ -182,7 +177,6 @@ def test_wrong_key_fails_cleanly(pgenv: PgEnv):
 def test_restore_across_a_timeline_switch(pgenv: PgEnv):
     """Fail over to a restored copy (new timeline, archiving into the same source), write more,
     then restore to a time on the new timeline: drkit must follow the history file."""
-    import subprocess
 
     with pgenv.conn() as c:
         c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
@@ -196,10 +190,9 @@ def test_restore_across_a_timeline_switch(pgenv: PgEnv):
     res = json.loads(pgenv.drkit("restore", "main", "--target-dir", str(promoted), "--start",
                                  "--keep-archiving", "--json").stdout)
     port = res["port"]
-    dsn = f"host={promoted} port={port} user=postgres dbname=postgres"
     marks = []
     try:
-        with psycopg.connect(dsn, autocommit=True) as c:
+        with pgenv.restored_conn(promoted, port) as c:
             assert c.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0] >= 1
             for i in range(100, 106):
                 c.execute("INSERT INTO events VALUES (%s, 'after failover')", (i,))
@@ -213,8 +206,7 @@ def test_restore_across_a_timeline_switch(pgenv: PgEnv):
                 assert time.monotonic() < deadline, "new timeline's WAL was not archived"
                 time.sleep(0.1)
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(pgenv.pg.bin_dir / "pg_ctl"), "-D", str(promoted),
-                        "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+        pgenv.stop_datadir(promoted)
     names = json.loads(pgenv.drkit("list", "main", "--json").stdout)[0]
     assert names["newest_wal"].startswith("00000002")
 
@@ -385,3 +377,22 @@ def test_wal_push_killed_mid_way_is_retried_without_a_gap(point):
     finally:
         env.close()
         shutil.rmtree(flags, ignore_errors=True)
+
+
+def test_corrupt_base_backup_is_named_and_leaves_the_target_empty(pgenv: PgEnv):
+    """A flipped byte in the base backup's data: restore exits 5 naming the object, and the
+    target directory is left empty (never half a data directory)."""
+    with pgenv.conn() as c:
+        c.execute("CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 100000) g")
+    backup_id = json.loads(pgenv.drkit("backup", "main", "--json").stdout)["id"]
+    packs = sorted((pgenv.root / "repo" / "data").rglob("*"))
+    victim = max((p for p in packs if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    target = pgenv.root / "restored"
+    target.mkdir()
+    proc = pgenv.drkit("restore", "main", "--backup", backup_id, "--target-dir", str(target), check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert victim.name in proc.stderr
+    assert list(target.iterdir()) == []

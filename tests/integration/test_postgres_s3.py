@@ -8,7 +8,6 @@ import time
 import uuid
 
 import boto3
-import psycopg
 import pytest
 from pgenv import PgEnv, make_pg_env
 
@@ -40,15 +39,11 @@ def _pitr_roundtrip(env: PgEnv) -> None:
     target = env.root / "restored"
     res = json.loads(env.drkit("restore", "main", "--point-in-time", t.isoformat(), "--target-dir", str(target),
                                "--start", "--json").stdout)
-    dsn = f"host={target} port={res['port']} user=postgres dbname=postgres"
     try:
-        with psycopg.connect(dsn, autocommit=True) as c:
+        with env.restored_conn(target, res["port"]) as c:
             ids = [r[0] for r in c.execute("SELECT id FROM events ORDER BY id").fetchall()]
     finally:
-        import subprocess
-
-        subprocess.run(["runuser", "-u", "postgres", "--", str(env.pg.bin_dir / "pg_ctl"), "-D", str(target),
-                        "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
+        env.stop_datadir(target)
     assert ids == list(range(1, 1001)) + [i for i, _ in marks if i <= row_id]
     verify = json.loads(env.drkit("verify", "--json").stdout)
     assert verify["ok"] and verify["log_segments"] >= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import click
@@ -63,96 +65,123 @@ class PostgresDumper(Dumper):
 
     # -- restore ----------------------------------------------------------------------------
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
-        from .logical import restore_logical
         from .restore import (
             chown_tree,
+            clear_target,
             extract_base,
             prepare_target,
             restore_config_files,
             start_and_wait,
+            stop_server,
             write_recovery_config,
         )
 
-        phases: dict[str, float] = {}
         t0 = time.monotonic()
-        # --backup with --point-in-time names the base for a point-in-time restore (e.g. to
-        # route around a damaged newer backup): plan on that backup's chain only.
-        base_only = request.backup_id if request.backup_id and request.point_in_time else None
-        if request.backup_id and not base_only:
+        if request.backup_id and not request.point_in_time:
             manifest = repo.get_manifest(request.backup_id, self.source.name)
             if manifest.type == "logical":
-                prepare_target(request.target_dir)
-                written = restore_logical(
-                    repo, manifest, request.target_dir, self.options,
-                    into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
-                )
-                phases["download"] = time.monotonic() - t0
-                return RestoreResult(self.source.name, manifest.id, request.target_dir, None, phases, {"files": written})
-            chains, _, _ = self._chains(repo)
-            chain = next((c for c in chains if c.backup.id == manifest.id), None)
-            if chain is None and not manifest.metadata.get("wal_included"):
-                raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
-            target_time = None
-            plan_backup = manifest
-            # --backup restores the backup as of its end: recovery replays WAL only through the
-            # backup's stop segment, then promotes.  (recovery_target='immediate' fails when the
-            # consistent point coincides with the end of the available WAL, as it does for
-            # backups taken from a standby.)
-            until = manifest.metadata.get("stop_wal")
-            timeline = int(manifest.metadata.get("timeline", 1))
-            min_segno = None
-            details: dict[str, Any] = {"recovery": f"to the end of the backup (WAL through {until})"}
-        else:
-            chains, notes, manifests = self._chains(repo)
-            if not [m for m in manifests if m.type == "full"]:
-                raise BackupNotFound(f"source {self.source.name} has no full backup")
-            if base_only:
-                repo.get_manifest(base_only, self.source.name)  # BackupNotFound if absent
-                chains = [c for c in chains if c.backup.id == base_only]
-                if not chains:
-                    raise OutsideWindow(f"backup {base_only} has no usable WAL chain: {'; '.join(notes)}")
-            plan = plan_restore(chains, request.point_in_time, self.source.name)
-            plan_backup, target_time = plan.backup, plan.target
-            # Pin recovery to the chain this plan was made on: WAL archived later (a primary
-            # that is still running during the incident) is never replayed.
-            until, timeline, min_segno = plan.last_segment, plan.timeline, plan.min_replay_segno()
-            details = {"recovery": "to " + (target_time.isoformat() if target_time else "the end of the archived WAL")}
-        phases["plan"] = time.monotonic() - t0
+                return self._restore_logical(repo, manifest, request, t0)
+        plan = self._plan_physical(repo, request)
+        phases = {"plan": time.monotonic() - t0}
+        details = dict(plan.details)
         prepare_target(request.target_dir)
         t1 = time.monotonic()
-        restored = extract_base(repo, plan_backup, request.target_dir)
-        disabled = restore_config_files(repo, plan_backup, request.target_dir)
-        if disabled:
-            details["config_settings_disabled"] = disabled
-        phases["download"] = time.monotonic() - t1
         port = request.port
         if request.start and not port:
             from drkit.sandbox.ports import free_port
 
             port = free_port()
-        settings = write_recovery_config(
-            request.target_dir, config_path=self.config.path, source=self.source.name,
-            point_in_time=target_time, port=port,
-            keep_archiving=bool(request.options.get("keep_archiving")),
-            socket_dir=request.target_dir if request.start else None, until=until, timeline=timeline,
-        )
-        chown_tree(request.target_dir, self.options.os_user)
-        details.update(bytes_restored=restored, settings={k: v for k, v in settings.items()})
+        try:
+            details["bytes_restored"] = extract_base(repo, plan.backup, request.target_dir)
+            disabled = restore_config_files(repo, plan.backup, request.target_dir)
+            if disabled:
+                details["config_settings_disabled"] = disabled
+            details["settings"] = write_recovery_config(
+                request.target_dir, config_path=self.config.path, source=self.source.name,
+                point_in_time=plan.target_time, port=port,
+                keep_archiving=bool(request.options.get("keep_archiving")),
+                socket_dir=request.target_dir if request.start else None, until=plan.until,
+                timeline=plan.timeline,
+            )
+            chown_tree(request.target_dir, self.options.os_user)
+        except BaseException:
+            # The directory was empty when we started: leave it so, never half a data directory.
+            clear_target(request.target_dir)
+            raise
+        phases["download"] = time.monotonic() - t1
         if request.start:
             assert port is not None
             t2 = time.monotonic()
             details.update(start_and_wait(self.options, request.target_dir, port))
-            _check_replayed(details.get("last_replayed_lsn"), min_segno, plan_backup, request)
+            try:
+                _check_replayed(details.get("last_replayed_lsn"), plan.min_segno, plan.backup, request)
+            except DrkitError:
+                stop_server(self.options, request.target_dir)  # nobody may use an incomplete copy
+                raise
             phases["recovery"] = time.monotonic() - t2
             details["port"] = port
             details["socket_dir"] = str(request.target_dir)
-        return RestoreResult(self.source.name, plan_backup.id, request.target_dir, request.point_in_time, phases, details)
+        return RestoreResult(self.source.name, plan.backup.id, request.target_dir, request.point_in_time, phases, details)
+
+    def _restore_logical(self, repo: Repository, manifest: Manifest, request: RestoreRequest, t0: float) -> RestoreResult:
+        from .logical import restore_logical
+        from .restore import prepare_target
+
+        prepare_target(request.target_dir)
+        written = restore_logical(
+            repo, manifest, request.target_dir, self.options,
+            into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
+        )
+        return RestoreResult(self.source.name, manifest.id, request.target_dir, None,
+                             {"download": time.monotonic() - t0}, {"files": written})
+
+    def _plan_physical(self, repo: Repository, request: RestoreRequest) -> _PhysicalPlan:
+        """Which base backup, which recovery target, and how far WAL may be replayed."""
+        chains, notes, manifests = self._chains(repo)
+        if request.backup_id and not request.point_in_time:
+            # --backup alone: the backup as of its end.  Recovery replays WAL only through the
+            # backup's stop segment, then promotes.  (recovery_target='immediate' fails when the
+            # consistent point coincides with the end of the available WAL, as it does for
+            # backups taken from a standby.)
+            manifest = repo.get_manifest(request.backup_id, self.source.name)
+            usable = any(c.backup.id == manifest.id for c in chains)
+            if not usable and not manifest.metadata.get("wal_included"):
+                raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
+            until = manifest.metadata.get("stop_wal")
+            return _PhysicalPlan(manifest, None, until, int(manifest.metadata.get("timeline", 1)), None,
+                                 {"recovery": f"to the end of the backup (WAL through {until})"})
+        if not [m for m in manifests if m.type == "full"]:
+            raise BackupNotFound(f"source {self.source.name} has no full backup")
+        if request.backup_id:
+            # With --point-in-time, --backup names the base (e.g. to route around a damaged
+            # newer backup): plan on that backup's chain only.
+            repo.get_manifest(request.backup_id, self.source.name)  # BackupNotFound if absent
+            chains = [c for c in chains if c.backup.id == request.backup_id]
+            if not chains:
+                raise OutsideWindow(f"backup {request.backup_id} has no usable WAL chain: {'; '.join(notes)}")
+        plan = plan_restore(chains, request.point_in_time, self.source.name)
+        # Pin recovery to the chain this plan was made on: WAL archived later (a primary that is
+        # still running during the incident) is never replayed.
+        return _PhysicalPlan(
+            plan.backup, plan.target, plan.last_segment, plan.timeline, plan.min_replay_segno(),
+            {"recovery": "to " + (plan.target.isoformat() if plan.target else "the end of the archived WAL")},
+        )
 
     @classmethod
     def cli_group(cls) -> click.Group:
         from .cli import pg_group
 
         return pg_group
+
+
+@dataclass
+class _PhysicalPlan:
+    backup: Manifest
+    target_time: datetime | None  # recovery_target_time, or None = replay through ``until``
+    until: str | None  # the last WAL segment restore_command may serve
+    timeline: int
+    min_segno: int | None  # recovery must replay at least through this segment
+    details: dict[str, Any]
 
 
 def _check_replayed(lsn: str | None, min_segno: int | None, backup: Manifest, request: RestoreRequest) -> None:

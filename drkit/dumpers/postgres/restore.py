@@ -125,6 +125,25 @@ def write_recovery_config(
     return settings
 
 
+def clear_target(target: Path) -> None:
+    """Remove what a failed restore laid down in ``target`` (which was empty before it)."""
+    if not target.is_dir():
+        return
+    for child in target.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def stop_server(opts: PgOptions, target: Path) -> None:
+    """Stop a server started from ``target`` (fast shutdown), e.g. after a failed check."""
+    subprocess.run(
+        _as_user([opts.tool("pg_ctl"), "-D", str(target), "-m", "fast", "-w", "stop"], opts.os_user),
+        capture_output=True, check=False, timeout=120,
+    )
+
+
 def chown_tree(target: Path, os_user: str) -> None:
     if os.geteuid() != 0:
         return

@@ -97,9 +97,3 @@ def _size(text: str) -> int:
     return int(text)
 
 
-def check_source(opts: PgOptions) -> None:
-    """Raise SourceError unless the server is reachable."""
-    try:
-        server_now(opts)
-    except psycopg.Error as exc:  # pragma: no cover - connect() already maps
-        raise SourceError(str(exc)) from None
