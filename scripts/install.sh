@@ -52,6 +52,8 @@ PACKAGES=(
   zstd                  # the zstd CLI (tests compare against it; peers use it)
   ca-certificates       # pip over TLS
   util-linux            # runuser: the sandbox starts servers as the postgres user
+  redis-server          # Redis 7 (7.0 on Debian 12): dumper + sandbox
+  redis-tools           # redis-cli, redis-check-aof/rdb, redis-benchmark
 )
 if [[ $BENCH -eq 1 ]]; then
   PACKAGES+=(pgbackrest restic)

@@ -866,3 +866,35 @@ __all__ = [
     "start_postgres",
     "start_standby",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# ``drkit sandbox`` contract (see drkit.sandbox.kinds)
+
+
+def sandbox_up(workdir: Path, nodes: int = 1) -> dict[str, Any]:
+    """Start a primary (and with ``nodes`` 2 a streaming standby) in ``workdir``; leave them running."""
+    if nodes not in (1, 2):
+        raise SandboxError("postgres: --nodes is 1 (primary) or 2 (primary + streaming standby)")
+    inst = start_postgres(workdir, standby=nodes > 1)
+    sb = inst.standby
+    return {
+        "dsn": inst.dsn, "port": inst.port, "pid": inst.pid, "data_dir": str(inst.data_dir),
+        "bin_dir": str(inst.bin_dir), "os_user": inst.os_user, "log": str(inst.log_path),
+        "standby": ({"dsn": sb.dsn, "port": sb.port, "pid": sb.pid, "data_dir": str(sb.data_dir)} if sb else None),
+        "pids": [inst.pid] + ([sb.pid] if sb else []),
+    }
+
+
+def sandbox_down(state: dict[str, Any]) -> None:
+    """Stop what :func:`sandbox_up` started: the standby first, then the primary (pg_ctl fast)."""
+    dirs = [state["data_dir"]] + ([state["standby"]["data_dir"]] if state.get("standby") else [])
+    pg_ctl = str(Path(state["bin_dir"]) / "pg_ctl")
+    for data_dir in reversed(dirs):
+        subprocess.run(_as_user(state["os_user"], [pg_ctl, "-D", data_dir, "-m", "fast", "-w", "stop"]),
+                       capture_output=True, check=False, timeout=120)
+
+
+def ensure() -> str:
+    """PostgreSQL comes from the OS packages (scripts/install.sh); report which binaries are used."""
+    return str(find_bin_dir())

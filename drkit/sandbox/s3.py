@@ -265,3 +265,29 @@ def _has_user_xattrs(path: Path) -> bool:
         return False
     finally:
         probe.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# ``drkit sandbox`` contract (see drkit.sandbox.kinds)
+
+
+def _sandbox_state(server: S3Server, workdir: Path) -> dict[str, Any]:
+    creds = workdir.parent / "s3-credentials"
+    creds.write_text(f"AWS_ACCESS_KEY_ID={server.access_key}\nAWS_SECRET_ACCESS_KEY={server.secret_key}\n"
+                     f"AWS_DEFAULT_REGION={server.region}\n")
+    creds.chmod(0o600)
+    server.proc = None  # leave it running
+    return {"endpoint_url": server.endpoint_url, "pid": server.pid, "pids": [server.pid], "region": server.region,
+            "credentials_file": str(creds), "log": str(server.log_path)}
+
+
+def sandbox_up_moto(workdir: Path, nodes: int = 1) -> dict[str, Any]:
+    return _sandbox_state(start_moto(workdir), workdir)
+
+
+def sandbox_up_versitygw(workdir: Path, nodes: int = 1) -> dict[str, Any]:
+    return _sandbox_state(start_versitygw(workdir), workdir)
+
+
+def sandbox_down(state: dict[str, Any]) -> None:
+    """Nothing beyond the CLI's sweep: S3 servers stop on SIGTERM."""
