@@ -10,6 +10,7 @@ import time
 import boto3
 import psycopg
 import pytest
+import redis
 from pgenv import DRKIT, workdir
 
 
@@ -28,7 +29,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("kind", ["postgres", "s3"])
+@pytest.mark.parametrize("kind", ["postgres", "s3", "redis"])
 def test_sandbox_up_status_down(kind):
     d = workdir(f"sbx-{kind}")
     up = _run("up", kind, "--dir", str(d), "--json")
@@ -38,6 +39,9 @@ def test_sandbox_up_status_down(kind):
         if kind == "postgres":
             with psycopg.connect(state["dsn"], autocommit=True) as c:
                 assert c.execute("SELECT 1").fetchone()[0] == 1
+        elif kind == "redis":
+            with redis.Redis.from_url(state["url"]) as c:
+                assert c.ping()
         else:
             creds = dict(line.split("=", 1) for line in (d / "s3-credentials").read_text().split())
             assert creds["AWS_SECRET_ACCESS_KEY"] not in up.stdout  # never printed
