@@ -8,6 +8,7 @@ from typing import Any
 
 from drkit.config import Config, EncryptionConfig
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
+from drkit.errors import ConfigError
 from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
 from drkit.repository.manifest import iso
@@ -83,6 +84,8 @@ def list_sources(config: Config, source: str | None = None) -> list[dict[str, An
 
 def restore(config: Config, request: RestoreRequest) -> RestoreResult:
     dumper = dumper_for(config, request.source.name)
+    if request.target_dir is None and dumper.needs_target_dir:
+        raise ConfigError(f"restoring a {dumper.datastore} source needs --target-dir DIR")
     t0 = time.monotonic()
     repo = open_repository(config)
     open_s = time.monotonic() - t0

@@ -128,38 +128,50 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
 @click.option("--backup", "backup_id", help="Restore this backup (as of its end); with --point-in-time: "
               "use this backup as the base instead of the newest one covering the time.")
 @click.option("--point-in-time", "pit", help="Restore to this time (ISO 8601 with zone, e.g. 2026-11-26T14:05:00Z).")
-@click.option("--target-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Empty or new directory to restore into.")
+@click.option("--target-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Empty or new directory to restore into (required except for redis --to).")
 @click.option("--start", is_flag=True, help="Start the restored server and wait until it serves.")
 @click.option("--port", type=int, help="Port for the restored server (default: a free one).")
 @click.option("--keep-archiving", is_flag=True, help="Keep archive_mode from the backup (default: off, so a restored copy never archives into the production source).")
 @click.option("--into-dsn", help="Logical backups: pg_restore each database into this server.")
 @click.option("--database", help="Logical backups: only this database.")
+@click.option("--to", "to_url", help="Redis: load into this running, empty instance (redis://host:port) instead of a directory.")
+@click.option("--to-password-env", help="Redis --to: name of the environment variable holding the target's password.")
+@click.option("--flush", is_flag=True, help="Redis --to: delete the target's data first (refused without it if not empty).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None, target_dir: Path,
+def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None, target_dir: Path | None,
             start: bool, port: int | None, keep_archiving: bool, into_dsn: str | None,
-            database: str | None, as_json: bool) -> None:
+            database: str | None, to_url: str | None, to_password_env: str | None, flush: bool,
+            as_json: bool) -> None:
     """Restore SOURCE: the latest state, one backup, or a point in time."""
     from drkit import ops
     from drkit.dumpers import RestoreRequest
 
     request = RestoreRequest(
-        source=app.config.source(source), target_dir=target_dir.absolute(), backup_id=backup_id,
-        point_in_time=parse_time(pit) if pit else None, start=start, port=port,
-        options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database},
+        source=app.config.source(source), target_dir=target_dir.absolute() if target_dir else None,
+        backup_id=backup_id, point_in_time=parse_time(pit) if pit else None, start=start, port=port,
+        options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
+                 "to": to_url, "to_password_env": to_password_env, "flush": flush},
     )
     result = ops.restore(app.config, request)
     data = {
-        "source": result.source, "backup": result.backup_id, "target_dir": str(result.target_dir),
+        "source": result.source, "backup": result.backup_id,
+        "target_dir": str(result.target_dir) if result.target_dir else None,
         "point_in_time": result.point_in_time.isoformat() if result.point_in_time else None,
         "phases_seconds": {k: round(v, 3) for k, v in result.phases.items()},
         "seconds": round(result.seconds, 3), **result.details,
     }
-    lines = [f"restored {source} from backup {result.backup_id} into {result.target_dir} ({result.seconds:.1f} s)"]
+    into = result.target_dir or to_url
+    lines = [f"restored {source} from backup {result.backup_id} into {into} ({result.seconds:.1f} s)"]
     lines += [f"  {k}: {v:.2f} s" for k, v in result.phases.items()]
-    if "port" in result.details:
+    if "socket_dir" in result.details:
         lines.append(f"  serving on port {result.details['port']} (socket dir {result.details['socket_dir']})")
+    elif "url" in result.details:
+        lines.append(f"  serving at {result.details['url']} (pid {result.details['pid']})")
+    if "keys" in result.details:
+        lines.append(f"  keys restored: {result.details['keys']} (expired by then, not restored: "
+                     f"{result.details.get('keys_expired_by_then', 0)})")
     emit(data, as_json, "\n".join(lines))
 
 

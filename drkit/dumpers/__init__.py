@@ -47,7 +47,7 @@ class Window:
 @dataclass
 class RestoreRequest:
     source: SourceConfig
-    target_dir: Path
+    target_dir: Path | None
     backup_id: str | None = None
     point_in_time: datetime | None = None
     start: bool = False
@@ -59,7 +59,7 @@ class RestoreRequest:
 class RestoreResult:
     source: str
     backup_id: str
-    target_dir: Path
+    target_dir: Path | None
     point_in_time: datetime | None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     details: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +74,7 @@ class Dumper(abc.ABC):
 
     datastore: str = ""
     backup_types: tuple[str, ...] = ("full",)
+    needs_target_dir: bool = True  # False: the dumper can also restore into a running server
 
     def __init__(self, config: Config, source: SourceConfig) -> None:
         self.config = config

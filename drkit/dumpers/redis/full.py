@@ -1,0 +1,157 @@
+"""Full Redis backups: a snapshot over the replication protocol, or BGSAVE on the node.
+
+Remote (default): the snapshot a replica would get (``PSYNC ? -1``, rdb-only), streamed straight
+into the repository -- no access to the server's disk, and it works against a replica.  Node-local
+(``data_dir`` set): ``BGSAVE``, wait for *that* save to finish, stream the finished file.  Either
+way the bytes pass a :class:`~drkit.dumpers.redis.rdb.ValidatingReader` on their way in: a
+truncated snapshot or a bad checksum aborts the backup before its manifest is written, so nothing
+becomes visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drkit import __version__
+from drkit.errors import SourceError
+from drkit.repository import Manifest, Repository
+from drkit.repository.manifest import iso, new_backup_id, utcnow
+
+from .options import RedisOptions
+from .rdb import ValidatingReader
+from .replication import ReplicationLink
+
+log = logging.getLogger(__name__)
+
+STREAM = "dump.rdb"
+
+
+def server_facts(opts: RedisOptions) -> dict[str, Any]:
+    import redis
+
+    try:
+        with opts.client() as c:
+            info = c.info("server") | c.info("replication") | c.info("persistence")
+    except redis.AuthenticationError:
+        raise SourceError(f"Redis at {opts.url} refused the credentials; check password_env/password_file") from None
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot query Redis at {opts.url}: {type(exc).__name__}: {exc}") from None
+    return {
+        "redis_version": info.get("redis_version"), "run_id": info.get("run_id"), "role": info.get("role"),
+        "master_replid": info.get("master_replid"), "aof_enabled": bool(info.get("aof_enabled")),
+        "master_link_status": info.get("master_link_status"),
+    }
+
+
+def server_time(opts: RedisOptions) -> datetime:
+    with opts.client() as c:
+        sec, usec = c.time()
+    return datetime.fromtimestamp(sec + usec / 1e6, UTC)
+
+
+def full_backup(repo: Repository, source: str, opts: RedisOptions) -> Manifest:
+    facts = server_facts(opts)
+    if facts["role"] == "slave" and facts["master_link_status"] != "up":
+        raise SourceError(f"Redis replica at {opts.url} is not connected to its primary (link "
+                          f"{facts['master_link_status']}); its data may be stale -- back up the primary "
+                          "or repair replication first")
+    started = utcnow()
+    if opts.data_dir:
+        reader, meta, snapshot_time, closer = _bgsave(opts)
+    else:
+        reader, meta, snapshot_time, closer = _psync(opts)
+    validator = ValidatingReader(reader, expected_size=meta.get("size"))
+    session = repo.session()
+    try:
+        ref = session.write_stream(STREAM, validator, meta={"format": "rdb"})
+        stored = session.finish()
+    finally:
+        session.close()
+        closer()
+    ref.meta["rdb_version"] = validator.version
+    manifest = Manifest(
+        id=new_backup_id(started), source=source, datastore="redis", type="full",
+        started=iso(started), finished=iso(utcnow()), streams=[ref],
+        metadata={
+            **meta,
+            "snapshot_time": iso(snapshot_time),
+            "redis_version": facts["redis_version"], "run_id": facts["run_id"], "role": facts["role"],
+            "rdb_version": validator.version, "rdb_checksummed": validator.checksummed,
+            "rdb_crc64": f"{validator.crc:016x}",
+            "chunks_new": session.chunks_new, "chunks_reused": session.chunks_reused,
+        },
+        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
+    )
+    repo.commit_manifest(manifest)
+    return manifest
+
+
+def _psync(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
+    link = ReplicationLink(opts)
+    try:
+        sync = link.full_sync(rdb_only=True, deadline=time.monotonic() + opts.sync_timeout)
+        # The server forked for this snapshot just before +FULLRESYNC: its clock now is the
+        # snapshot's point in time (to within the fork).
+        snapshot_time = server_time(opts)
+    except BaseException:
+        link.close()
+        raise
+    meta = {"method": "psync", "replid": sync.replid, "repl_offset": sync.offset,
+            "diskless": sync.size is None}
+    if sync.size is not None:
+        meta["size"] = sync.size
+    return link.snapshot(sync), meta, snapshot_time, link.close
+
+
+def _bgsave(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
+    import redis
+
+    assert opts.data_dir is not None
+    with opts.client() as c:
+        try:
+            cfg = c.config_get("dbfilename") | c.config_get("dir")
+            path = Path(cfg["dir"]) / cfg["dbfilename"]
+        except redis.ResponseError:  # CONFIG renamed/disabled: trust the configured data_dir
+            path = opts.data_dir / "dump.rdb"
+        if path.parent.resolve() != opts.data_dir.resolve():
+            raise SourceError(f"Redis at {opts.url} saves into {path.parent}, not the configured "
+                              f"data_dir {opts.data_dir}: fix data_dir (node-local mode reads the file)")
+        deadline = time.monotonic() + opts.sync_timeout
+        while True:
+            # Read before asking: a small save can finish before a later INFO would see it run.
+            saves_before = int(c.info("persistence").get("rdb_saves", -1))
+            try:
+                c.bgsave()
+                break
+            except redis.ResponseError as exc:  # a save (or AOF rewrite) is running: ours starts after it
+                if "in progress" not in str(exc) or time.monotonic() > deadline:
+                    raise SourceError(f"BGSAVE on {opts.url} failed: {exc}") from None
+                time.sleep(0.2)
+        # Accepted means no other child ran, and BGSAVE forks before it answers: once no save is
+        # in progress and the count grew, ours has finished.
+        sec, usec = c.time()
+        snapshot_time = datetime.fromtimestamp(sec + usec / 1e6, UTC)
+        while True:
+            p = c.info("persistence")
+            done = not p["rdb_bgsave_in_progress"] and (
+                int(p.get("rdb_saves", 0)) > saves_before if saves_before >= 0
+                else int(p["rdb_last_save_time"]) >= int(snapshot_time.timestamp()))
+            if done:
+                if p["rdb_last_bgsave_status"] != "ok":
+                    raise SourceError(f"BGSAVE on {opts.url} failed (rdb_last_bgsave_status="
+                                      f"{p['rdb_last_bgsave_status']}); see the Redis log")
+                break
+            if time.monotonic() > deadline:
+                raise SourceError(f"BGSAVE on {opts.url} did not finish within sync_timeout")
+            time.sleep(0.05)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller; a later save renames a new file in
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    size = Path(f"/proc/self/fd/{fh.fileno()}").stat().st_size
+    return fh, {"method": "bgsave", "path": str(path), "size": size}, snapshot_time, fh.close

@@ -1,0 +1,466 @@
+"""Streaming Redis RDB reader, validator and rewriter (pure logic, no network).
+
+* :class:`ValidatingReader` passes an RDB stream through unchanged (e.g. into
+  ``WriteSession.write_stream``) and checks header, EOF opcode, CRC64 and length at EOF.
+* :func:`iter_records` / :class:`RdbParser` walk the file record by record; values are kept as the
+  exact serialized bytes (never decoded), so :func:`restore_payload` can build a ``RESTORE`` payload.
+* :func:`rewrite` copies an RDB, dropping keys already expired at a point in time ``at_ms`` and
+  shifting the other expiries by ``now_ms - at_ms``, with a fresh CRC64.
+
+Memory is bounded by the largest single record (value); throughput is dominated by one Python
+iteration per key (plus one per element of non-blob values) and the CRC (anycrc, ~GB/s).
+Formats follow Redis 7.2 src/rdb.c (RDB versions 1..11).  Not supported (clear RdbError): module
+types and module aux data, the pre-GA FUNCTION opcode, and Redis 7.4+ (RDB 12) hash field TTLs.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import anycrc
+
+from drkit.errors import DrkitError, IntegrityError
+
+from . import rdb_types as T
+from .rdb_types import (
+    Aux,
+    BadEncoding,
+    Entry,
+    Eof,
+    Function,
+    Header,
+    Record,
+    ResizeDb,
+    SelectDb,
+    read_len,
+    read_str,
+    skip_str,
+    skip_value,
+)
+
+__all__ = [
+    "Aux", "Entry", "Eof", "Function", "Header", "RdbError", "RdbParser", "RdbUnsupported", "Record",
+    "ResizeDb", "RewriteStats", "SelectDb", "ValidatingReader", "crc64", "iter_records",
+    "restore_payload", "rewrite",
+]
+
+MAX_VERSION = 11  # Redis 7.2
+_CRC = anycrc.Model("CRC64-REDIS")
+_CHUNK = 1 << 22
+_MAGIC = b"REDIS"
+
+
+def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """Redis's CRC-64/Jones of ``data``, continuing from ``crc``."""
+    return _CRC.calc(data, crc)
+
+
+class RdbError(IntegrityError):
+    """An RDB stream is corrupt, truncated or uses a feature drkit cannot handle.
+
+    Corrupt/truncated data is a corrupt-backup error (exit code of :class:`IntegrityError`);
+    ``offset`` is the byte offset the problem was found at (None when not applicable) and
+    ``redis_key`` the Redis key whose record it is in, when known.
+    """
+
+    def __init__(self, message: str, *, offset: int | None = None, redis_key: bytes | None = None):
+        super().__init__(message)
+        self.offset = offset
+        self.redis_key = redis_key
+
+
+class RdbUnsupported(RdbError):
+    """The RDB is well-formed but uses something drkit refuses (newer version, modules, ...)."""
+
+    exit_code = DrkitError.exit_code
+
+
+def _parse_header(head: bytes) -> int:
+    if len(head) < 9 or head[:5] != _MAGIC:
+        raise RdbError(f"not an RDB file: starts with {bytes(head[:9])!r}, expected b'REDIS' + "
+                       "4-digit version", offset=0)
+    digits = bytes(head[5:9])
+    if not digits.isdigit():
+        raise RdbError(f"bad RDB version field {digits!r} at offset 5", offset=5)
+    version = int(digits)
+    if version < 1:
+        raise RdbError(f"bad RDB version {version} at offset 5", offset=5)
+    if version > MAX_VERSION:
+        raise RdbUnsupported(f"RDB format version {version} is newer than supported (at most "
+                             f"{MAX_VERSION}, Redis 7.2); it was written by a newer Redis", offset=5)
+    return version
+
+
+class ValidatingReader(io.RawIOBase):
+    """Pass-through reader that validates an RDB stream when its end is reached.
+
+    Bytes are returned unchanged; per read it only updates the CRC64 and a little bookkeeping
+    (no parsing).  The header (magic ``REDIS`` + version 1..11) is checked as soon as 9 bytes
+    have passed; at EOF it checks that the stream ends with opcode 0xFF followed (version >= 5)
+    by the little-endian CRC64 of everything before it, and that the size equals
+    ``expected_size`` when given.  A stored CRC of 0 (``rdbchecksum no``) is accepted and
+    reported as ``checksummed = False``.  Problems raise :class:`RdbError`.
+    """
+
+    def __init__(self, raw: IO[bytes], *, expected_size: int | None = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._readinto = getattr(raw, "readinto", None)
+        self.expected_size = expected_size
+        self.version: int | None = None
+        self.size = 0
+        self.crc: int | None = None  # the stored CRC64 once validated
+        self.checksummed = False
+        self._crc = 0
+        self._head = bytearray()
+        self._hold = b""  # last <= 8 bytes: not hashed yet (they may be the stored CRC)
+        self._last = -1  # last hashed byte
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Read into ``buffer`` from the wrapped stream; validate at EOF."""
+        if self._readinto is not None:
+            n = self._readinto(buffer) or 0
+        else:
+            data = self._raw.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        if n == 0:
+            if len(buffer):
+                self._finish()
+            return 0
+        self._feed(memoryview(buffer)[:n])
+        return n
+
+    def _feed(self, mv: memoryview) -> None:
+        if self.version is None:
+            self._head += mv[:9 - len(self._head)]
+            if len(self._head) >= 9:
+                self.version = _parse_header(bytes(self._head))
+        self.size += len(mv)
+        if len(mv) >= 8:
+            if self._hold:
+                self._crc = _CRC.calc(self._hold, self._crc)
+                self._last = self._hold[-1]
+            if len(mv) > 8:
+                self._crc = _CRC.calc(mv[:-8], self._crc)
+                self._last = mv[-9]
+            self._hold = bytes(mv[-8:])
+        else:
+            h = self._hold + bytes(mv)
+            if len(h) > 8:
+                self._crc = _CRC.calc(h[:-8], self._crc)
+                self._last = h[-9]
+            self._hold = h[-8:]
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.version is None or self.size < 10:
+            raise RdbError(f"RDB truncated: stream ends at byte {self.size}, before the header and "
+                           "EOF opcode", offset=self.size)
+        if self.version < 5:  # no checksum: the stream must end with the EOF opcode
+            if self._hold[-1] != T.OP_EOF:
+                raise RdbError(f"RDB truncated: last byte at offset {self.size - 1} is not the EOF "
+                               "opcode 0xff", offset=self.size - 1)
+            self._crc = _CRC.calc(self._hold, self._crc)
+            self.crc, self.checksummed = 0, False
+        else:
+            if self._last != T.OP_EOF:
+                raise RdbError(f"RDB truncated: byte at offset {self.size - 9} is not the EOF opcode "
+                               "0xff followed by the 8-byte checksum", offset=self.size - 9)
+            stored = int.from_bytes(self._hold, "little")
+            if stored and stored != self._crc:
+                raise RdbError(f"RDB checksum mismatch: stored CRC64 {stored:016x} at offset "
+                               f"{self.size - 8} != computed {self._crc:016x} over bytes "
+                               f"0..{self.size - 9}: the data is corrupt", offset=self.size - 8)
+            self.crc, self.checksummed = stored, bool(stored)
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise RdbError(f"RDB size {self.size} bytes differs from the expected "
+                           f"{self.expected_size}", offset=self.size)
+
+
+
+
+_PREFIX_OPS = frozenset({T.OP_EXPIRETIME_MS, T.OP_EXPIRETIME, T.OP_IDLE, T.OP_FREQ})
+_KNOWN_TYPES = frozenset(T.TYPE_NAMES) | frozenset(T.NEWER_TYPES)
+
+
+class _Short(Exception):
+    pass
+
+
+class RdbParser:
+    """Streaming RDB parser over a binary reader; iterate it for :data:`Record` objects.
+
+    Yields a :class:`Header` first and an :class:`Eof` last; verifies the CRC64 (like
+    :class:`ValidatingReader`) and that nothing follows the checksum.  After iteration,
+    ``version``, ``size``, ``crc`` and ``checksummed`` are set.  Memory is bounded by the largest
+    record.  With ``values=False`` entries carry ``value=b""`` (faster when values are unused).
+    """
+
+    def __init__(self, stream: IO[bytes], *, values: bool = True, chunk_size: int = _CHUNK) -> None:
+        self._stream = stream
+        self._values = values
+        self._chunk = chunk_size
+        self.version = 0
+        self.size = 0
+        self.crc = 0
+        self.checksummed = False
+        self._computed = 0
+        self._b = b""
+        self._base = 0  # file offset of self._b[0]
+        # Spans of the current record (valid while the generator is suspended at a yield).
+        self._span = (0, 0)  # whole record in self._b
+        self._body = 0  # position of the type byte
+        self._prefix: list[tuple[int, int]] | tuple[()] = ()  # IDLE/FREQ opcodes of the record
+
+    def _refill(self, keep: int) -> None:
+        """Drop (and hash) ``self._b[:keep]``, then append at least one chunk (or raise at EOF)."""
+        b = self._b
+        if keep:
+            self._computed = _CRC.calc(memoryview(b)[:keep], self._computed)
+            self._base += keep
+        want = max(self._chunk, len(b) - keep)
+        parts = [b[keep:]]
+        got = 0
+        while got < want:
+            data = self._stream.read(want - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        if not got:
+            end = self._base + len(b) - keep
+            raise RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
+                           f"stream ends at byte {end}", offset=self._base)
+        self._b = b"".join(parts)
+
+    def _error(self, exc: BadEncoding, key: bytes | None = None) -> RdbError:
+        where = f" (key {key!r})" if key is not None else ""
+        off = self._base + exc.pos
+        cls = RdbUnsupported if exc.unsupported else RdbError
+        return cls(f"{exc}{where} at offset {off}", offset=off, redis_key=key)
+
+    def __iter__(self) -> Iterator[Record]:
+        while len(self._b) < 9:
+            self._refill(0)
+        self.version = _parse_header(self._b[:9])
+        yield Header(self.version)
+        known, blob, prefix_ops = _KNOWN_TYPES, T.BLOB_TYPES, _PREFIX_OPS
+        p, db, values, done = 9, 0, self._values, False
+        b, base = self._b, self._base
+        n = len(b)
+        while True:
+            s = p
+            key = None
+            try:
+                op = b[p]
+                p += 1
+                expire = idle = freq = None
+                pre: list[tuple[int, int]] | tuple[()] = ()
+                if op in prefix_ops:
+                    pre = []
+                    while op in prefix_ops:
+                        if op == 0xFC:  # EXPIRETIME_MS
+                            expire = int.from_bytes(b[p:p + 8], "little")
+                            p += 8
+                        elif op == 0xFD:  # EXPIRETIME (seconds)
+                            expire = int.from_bytes(b[p:p + 4], "little", signed=True) * 1000
+                            p += 4
+                        elif op == 0xF8:  # IDLE
+                            idle, q = read_len(b, p)
+                            pre.append((p - 1, q))
+                            p = q
+                        else:  # FREQ
+                            freq = b[p]
+                            pre.append((p - 1, p + 1))
+                            p += 1
+                        op = b[p]
+                        p += 1
+                    if op >= T.OP_SLOT_INFO:
+                        raise BadEncoding(f"opcode 0x{op:02x} after an expire/idle/freq prefix", p - 1)
+                if op < T.OP_SLOT_INFO:  # a key
+                    if op not in known:
+                        raise BadEncoding(f"unknown RDB type {op} (0x{op:02x})", p - 1)
+                    body = p - 1
+                    c = b[p]
+                    if c < 64:
+                        key = b[p + 1:p + 1 + c]
+                        p += 1 + c
+                    else:
+                        key, p = read_str(b, p)
+                    vs = p
+                    if op in blob:
+                        c = b[p]
+                        p = p + 1 + c if c < 64 else skip_str(b, p)
+                    else:
+                        p = skip_value(op, b, p)
+                    if p > n:
+                        raise _Short
+                    rec: Record = Entry(db, key, op, b[vs:p] if values else b"", expire, idle, freq,
+                                        base + s)
+                    self._body, self._prefix = body, pre
+                else:
+                    rec, p = self._other(op, b, p, s)
+                    if p > n:
+                        raise _Short
+                    if op == T.OP_SELECTDB:
+                        db = rec.db  # type: ignore[union-attr]
+                    done = op == T.OP_EOF
+                self._span = (s, p)
+            except (IndexError, _Short):
+                self._refill(s)
+                b, base, p = self._b, self._base, 0
+                n = len(b)
+                continue
+            except BadEncoding as exc:
+                raise self._error(exc, key) from None
+            yield rec
+            if done:
+                return
+
+    def _other(self, op: int, b: bytes, p: int, s: int) -> tuple[Record, int]:
+        """A record that is not a key: returns it and the position after it."""
+        off = self._base + s
+        if op == T.OP_SELECTDB:
+            db, p = read_len(b, p)
+            return SelectDb(db, off), p
+        if op == T.OP_AUX:
+            k, p = read_str(b, p)
+            v, p = read_str(b, p)
+            return Aux(k, v, off), p
+        if op == T.OP_RESIZEDB:
+            n1, p = read_len(b, p)
+            n2, p = read_len(b, p)
+            return ResizeDb(n1, n2, off), p
+        if op == T.OP_FUNCTION2:
+            code, p = read_str(b, p)
+            return Function(code, off), p
+        if op == T.OP_EOF:
+            return self._eof(b, p, s), p + (8 if self.version >= 5 else 0)
+        if op == T.OP_FUNCTION_PRE_GA:
+            raise BadEncoding("opcode 0xf6 (FUNCTION, Redis 7.0 release candidates) is not supported; "
+                              "re-save the data with Redis 7.0 GA or newer", s, unsupported=True)
+        if op == T.OP_MODULE_AUX:
+            raise BadEncoding("opcode 0xf7 (MODULE_AUX: module data) is not supported", s, unsupported=True)
+        raise BadEncoding(f"unknown RDB opcode 0x{op:02x}", s)
+
+    def _eof(self, b: bytes, p: int, s: int) -> Eof:
+        crc = _CRC.calc(memoryview(b)[:p], self._computed)
+        size = self._base + p
+        stored = 0
+        if self.version >= 5:
+            if p + 8 > len(b):
+                raise _Short
+            stored = int.from_bytes(b[p:p + 8], "little")
+            size += 8
+            if stored and stored != crc:
+                raise RdbError(f"RDB checksum mismatch: stored CRC64 {stored:016x} at offset "
+                               f"{size - 8} != computed {crc:016x} over bytes 0..{size - 9}: the "
+                               "data is corrupt", offset=size - 8)
+        if size - self._base < len(b) or self._stream.read(1):
+            raise RdbError(f"unexpected data after the RDB end (checksum) at offset {size}", offset=size)
+        self.size, self.crc, self.checksummed = size, stored, bool(stored)
+        return Eof(self._base + s, size, stored, bool(stored))
+
+
+def iter_records(reader: IO[bytes], *, values: bool = True) -> Iterator[Record]:
+    """Records of the RDB stream ``reader`` in file order (see :class:`RdbParser`)."""
+    return iter(RdbParser(reader, values=values))
+
+
+def restore_payload(entry: Entry, rdb_version: int) -> bytes:
+    """The ``DUMP``/``RESTORE`` serialization of ``entry``.
+
+    Type byte + raw value + 2-byte little-endian RDB version + little-endian CRC64 of all
+    preceding bytes.  A server refuses payloads with a version newer than its own RDB version
+    (Redis 7.0: 10, 7.2: 11).  ``entry`` must come from a parser run with ``values=True``.
+    """
+    if not entry.value:
+        raise ValueError(f"entry {entry.key!r} carries no value (parsed with values=False)")
+    body = bytes((entry.type,)) + entry.value + rdb_version.to_bytes(2, "little")
+    return body + crc64(body).to_bytes(8, "little")
+
+
+@dataclass
+class RewriteStats:
+    """What :func:`rewrite` did."""
+
+    keys_kept: int = 0
+    keys_expired: int = 0  # dropped: absolute expiry <= at_ms
+    keys_with_ttl: int = 0  # kept keys that carry an expiry
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+_PACK_MS = struct.Struct("<BQ").pack
+
+
+def rewrite(src: IO[bytes], dst: IO[bytes], *, at_ms: int, now_ms: int,
+            chunk_size: int = _CHUNK) -> RewriteStats:
+    """Copy the RDB ``src`` to ``dst`` as of point in time ``at_ms`` (Unix ms), restored at ``now_ms``.
+
+    Keys with an expiry <= ``at_ms`` are dropped; the others keep their remaining TTL at
+    ``at_ms``: expiry + (now_ms - at_ms), always written as EXPIRETIME_MS.  Aux fields, function
+    libraries, IDLE/FREQ and RESIZEDB hints are copied as they are; the CRC64 is recomputed.
+    ``src`` is fully validated (raises :class:`RdbError`); ``dst`` may be left partial then.
+    ``chunk_size`` is the read size (the parser's window grows beyond it for larger records).
+    """
+    parser = RdbParser(src, values=False, chunk_size=chunk_size)
+    kept = expired = with_ttl = written = 0
+    shift = now_ms - at_ms
+    out = bytearray()
+    crc = 0
+    # Unchanged records are copied in runs: [run, end) of the parser's current window ``cur``.
+    cur, mv, run, end = b"", memoryview(b""), 0, 0
+    for rec in parser:
+        b = parser._b
+        s, e = parser._span
+        if b is not cur:  # the parser moved its window: flush the run of the old one
+            out += mv[run:end]
+            cur, mv, run = b, memoryview(b), s if rec.__class__ is not Header else 0
+        if rec.__class__ is Entry:
+            exp = rec.expire_ms  # type: ignore[union-attr]
+            if exp is None:
+                kept += 1
+            elif exp <= at_ms:
+                expired += 1
+                out += mv[run:s]
+                run = e
+            else:
+                kept += 1
+                with_ttl += 1
+                out += mv[run:s]
+                out += _PACK_MS(T.OP_EXPIRETIME_MS, exp + shift)
+                for a, z in parser._prefix:
+                    out += mv[a:z]
+                out += mv[parser._body:e]
+                run = e
+        elif rec.__class__ is Eof:
+            out += mv[run:s]
+            out.append(T.OP_EOF)
+            crc = _CRC.calc(out, crc)
+            if parser.version >= 5:
+                out += crc.to_bytes(8, "little")
+            break
+        elif rec.__class__ is Header:
+            e = 9
+        end = e
+        if len(out) >= _CHUNK:
+            crc = _CRC.calc(out, crc)
+            dst.write(out)
+            written += len(out)
+            out = bytearray()
+    dst.write(out)
+    written += len(out)
+    return RewriteStats(kept, expired, with_ttl, parser.size, written)
+

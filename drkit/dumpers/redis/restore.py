@@ -1,0 +1,211 @@
+"""Restore a Redis snapshot as of a point in time: into a data directory, or into a running instance.
+
+TTLs are restored relative to the point in time ``at``: a key whose absolute expiry is at or
+before ``at`` had expired by then and is not resurrected; every other key gets the TTL it had left
+at ``at``.  (Loading the stored RDB as it is would instead drop every key that expired between
+``at`` and the restore, and shorten the rest.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drkit.errors import DrkitError, SourceError
+from drkit.repository import Manifest, Repository
+from drkit.repository.reader import open_stream
+
+from .full import STREAM
+from .options import RedisOptions, parse_url
+from .rdb import Entry, Function, SelectDb, iter_records, restore_payload, rewrite
+
+_BATCH_CMDS = 1000
+_BATCH_BYTES = 8 << 20
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def prepare_target(target: Path) -> None:
+    if target.exists():
+        if any(target.iterdir()):
+            raise DrkitError(f"target directory {target} is not empty; restore into an empty or new "
+                             "directory (drkit never overwrites a data directory)")
+    else:
+        target.mkdir(parents=True)
+    target.chmod(0o700)
+
+
+def clear_target(target: Path) -> None:
+    """Remove what a failed restore laid down in ``target`` (which was empty before it)."""
+    if target.is_dir():
+        for child in target.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, at: datetime) -> dict[str, Any]:
+    """Write ``target/dump.rdb`` as of ``at`` and a minimal ``redis.conf`` that loads it."""
+    path = target / "dump.rdb"
+    tmp = target / "dump.rdb.drkit-partial"
+    with open_stream(repo, manifest.stream(STREAM)) as src, open(tmp, "wb") as dst:
+        stats = rewrite(src, dst, at_ms=_ms(at), now_ms=int(time.time() * 1000))
+        dst.flush()
+        os.fsync(dst.fileno())
+    tmp.rename(path)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"rdb": str(path), "keys": stats.keys_kept, "keys_expired_by_then": stats.keys_expired,
+            "keys_with_ttl": stats.keys_with_ttl, "bytes_restored": stats.bytes_out}
+
+
+def write_conf(target: Path, port: int) -> Path:
+    conf = target / "redis.conf"
+    conf.write_text(
+        "# written by drkit restore: a server for the restored data (edit as needed)\n"
+        f"bind 127.0.0.1\nport {port}\ndir {target}\ndbfilename dump.rdb\n"
+        f"logfile {target / 'redis.log'}\ndaemonize no\nappendonly no\nsave ''\n"
+    )
+    return conf
+
+
+def start_server(target: Path, port: int, expect_keys: int, timeout: float = 600.0) -> dict[str, Any]:
+    """Start ``redis-server`` on the restored directory; return once it serves every key."""
+    import redis
+
+    exe = shutil.which("redis-server") or os.environ.get("DRKIT_REDIS_SERVER")
+    if not exe:
+        raise DrkitError("redis-server not found on PATH (set DRKIT_REDIS_SERVER) to --start the restore")
+    conf = write_conf(target, port)
+    proc = subprocess.Popen([exe, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=1)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise DrkitError(f"the restored redis-server exited with {proc.returncode}; see {target}/redis.log:\n"
+                                 + _tail(target / "redis.log"))
+            try:
+                if client.ping() and not client.info("persistence").get("loading"):
+                    break
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise DrkitError(f"the restored redis-server did not serve within {timeout:.0f} s; see "
+                                 f"{target}/redis.log")
+            time.sleep(0.05)
+        keys = _count_keys(client)
+    finally:
+        client.close()
+    if keys != expect_keys:
+        proc.terminate()
+        proc.wait(30)
+        raise DrkitError(f"the restored redis-server holds {keys} keys, the snapshot as of the point in time "
+                         f"has {expect_keys}; the server was stopped -- do not use {target}")
+    return {"port": port, "pid": proc.pid, "url": f"redis://127.0.0.1:{port}", "conf": str(conf), "keys_served": keys}
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _count_keys(client: Any) -> int:
+    return sum(int(v["keys"]) for v in client.info("keyspace").values())
+
+
+def restore_to_instance(repo: Repository, manifest: Manifest, to_url: str, at: datetime, *,
+                        password: str | None, flush: bool) -> dict[str, Any]:
+    """RESTORE every key alive at ``at`` into the running instance ``to_url`` (TTLs as of ``at``)."""
+    import redis
+
+    host, port, username = parse_url(to_url, "--to")
+    target = RedisOptions(host=host, port=port, username=username)
+    client = redis.Redis(host=host, port=port, username=username, password=password, socket_timeout=120,
+                         socket_connect_timeout=10)
+    try:
+        try:
+            role = client.info("replication")["role"]
+            existing = _count_keys(client)
+        except redis.AuthenticationError:
+            raise SourceError(f"Redis at {target.url} refused the credentials (--to-password-env)") from None
+        except redis.RedisError as exc:
+            raise SourceError(f"cannot reach the restore target {target.url}: {type(exc).__name__}: {exc}") from None
+        if role != "master":
+            raise SourceError(f"the restore target {target.url} is a replica (read-only); restore into a primary")
+        if existing:
+            if not flush:
+                raise DrkitError(f"the restore target {target.url} is not empty ({existing} keys); restore into an "
+                                 "empty instance, or pass --flush to delete its data first")
+            client.flushall()
+        return _load(repo, manifest, client, _ms(at))
+    finally:
+        client.close()
+
+
+def _load(repo: Repository, manifest: Manifest, client: Any, at_ms: int) -> dict[str, Any]:
+    """Pipelined RESTOREs, one connection per database (a reconnect can never switch databases)."""
+    version = int(manifest.metadata.get("rdb_version") or manifest.stream(STREAM).meta.get("rdb_version", 9))
+    ck = client.connection_pool.connection_kwargs
+    kwargs = {k: ck.get(k) for k in ("host", "port", "username", "password", "socket_timeout",
+                                      "socket_connect_timeout")}
+    clients: dict[int, Any] = {}
+    pipes: dict[int, Any] = {}
+    db, pending, size = 0, 0, 0
+    restored = expired = functions = 0
+
+    def pipe_for(n: int) -> Any:
+        if n not in pipes:
+            clients[n] = type(client)(**{**kwargs, "db": n})
+            pipes[n] = clients[n].pipeline(transaction=False)
+        return pipes[n]
+
+    def flush() -> None:
+        nonlocal pending, size
+        for pipe in pipes.values():
+            for reply in pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception):
+                    raise SourceError(f"the restore target refused a key: {reply}")
+        pending = size = 0
+
+    try:
+        with open_stream(repo, manifest.stream(STREAM)) as src:
+            for rec in iter_records(src):
+                if isinstance(rec, SelectDb):
+                    db = rec.db
+                elif isinstance(rec, Function):
+                    pipe_for(0).execute_command("FUNCTION", "LOAD", "REPLACE", rec.payload)
+                    functions += 1
+                    pending += 1
+                elif isinstance(rec, Entry):
+                    if rec.expire_ms is not None and rec.expire_ms <= at_ms:
+                        expired += 1
+                        continue
+                    ttl = 0 if rec.expire_ms is None else rec.expire_ms - at_ms
+                    pipe_for(db).execute_command("RESTORE", rec.key, ttl, restore_payload(rec, version), "REPLACE")
+                    restored += 1
+                    pending += 1
+                    size += len(rec.key) + len(rec.value)
+                if pending >= _BATCH_CMDS or size >= _BATCH_BYTES:
+                    flush()
+            flush()
+    finally:
+        for c in clients.values():
+            c.close()
+    return {"keys": restored, "keys_expired_by_then": expired, "functions": functions,
+            "keys_in_target": _count_keys(client), "at": datetime.fromtimestamp(at_ms / 1000, UTC).isoformat()}
