@@ -169,6 +169,7 @@ def _write_conf(path: Path, port: int, data_dir: Path, log_path: Path, password:
     lines = [
         f"bind {HOST}", f"port {port}", "daemonize no", f"dir {data_dir}", f"logfile {log_path}",
         "save ''", "appendonly no", "protected-mode yes", "loglevel notice",
+        "repl-diskless-sync-delay 0",  # the default waits 5 s for more replicas before every sync
     ]
     if password:
         lines += [f'requirepass "{password}"', f'masterauth "{password}"']

@@ -8,23 +8,22 @@ import time
 from datetime import datetime
 from typing import Any
 
+import click
+
 from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Window
 from drkit.errors import BackupNotFound, ConfigError, OutsideWindow
 from drkit.repository import Manifest, Repository
-from drkit.repository.manifest import iso, parse_iso
+from drkit.repository.manifest import iso
 
+from .chain import Chain, build_chains, merge, snapshot_time
 from .options import RedisOptions, parse_options
 
 __all__ = ["RedisDumper"]
 
 
-def snapshot_time(m: Manifest) -> datetime:
-    return parse_iso(m.metadata.get("snapshot_time") or m.finished)
-
-
 class RedisDumper(Dumper):
     datastore = "redis"
-    backup_types = ("full",)
+    backup_types = ("full", "incremental")
     needs_target_dir = False  # --to redis://... restores into a running instance
     options: RedisOptions
 
@@ -32,54 +31,74 @@ class RedisDumper(Dumper):
         return parse_options(self.source.name, options)
 
     def backup(self, repo: Repository, backup_type: str) -> Manifest:
+        if backup_type == "incremental":
+            raise ConfigError(
+                "Redis incrementals are the recorded replication stream: run 'drkit redis follow "
+                f"{self.source.name}' as a long-running service (see docs/redis.md)")
         if backup_type != "full":
-            raise ConfigError(f"redis sources take --type full backups (a snapshot); {backup_type!r} is not "
-                              "available yet for Redis")
+            raise ConfigError(f"unknown backup type {backup_type!r} for redis (full; incrementals: redis follow)")
         from .full import full_backup
 
         return full_backup(repo, self.source.name, self.options)
 
-    def _fulls(self, repo: Repository) -> list[Manifest]:
-        return sorted((m for m in repo.list_manifests(self.source.name) if m.type == "full"), key=snapshot_time)
+    def _chains(self, repo: Repository) -> list[Chain]:
+        return build_chains(repo.list_manifests(self.source.name), repo.log_records(self.source.name))
 
     def window(self, repo: Repository) -> Window:
-        """Each snapshot is a restore point; there is no continuous log for Redis yet."""
-        points = [snapshot_time(m) for m in self._fulls(repo)]
-        notes = ["Redis restore points are the snapshots' times (no command-stream log yet)"] if points else []
-        return Window([(t, t) for t in points], notes)
+        chains = self._chains(repo)
+        return Window(merge([iv for c in chains for iv in c.intervals]), [n for c in chains for n in c.notes])
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
-        return {"restore_points": [iso(snapshot_time(m)) for m in self._fulls(repo)]}
+        chains = self._chains(repo)
+        return {"restore_points": [iso(snapshot_time(c.base)) for c in chains],
+                "chains": [{"chain": c.name, "base": c.base.id, "slices": len(c.slices),
+                            "commands": sum(int(s.metadata.get("commands", 0)) for s in c.slices)}
+                           for c in chains if c.base.metadata.get("chain")]}
 
-    def _plan(self, repo: Repository, request: RestoreRequest) -> tuple[Manifest, datetime]:
+    def _plan(self, repo: Repository, request: RestoreRequest) -> tuple[Chain, datetime]:
+        chains = self._chains(repo)
         if request.backup_id:
-            m = repo.get_manifest(request.backup_id, self.source.name)
-            if request.point_in_time and request.point_in_time != snapshot_time(m):
-                raise OutsideWindow(f"backup {m.id} restores to {iso(snapshot_time(m))} only; Redis has no "
-                                    "command log to reach another time yet")
-            return m, snapshot_time(m)
-        fulls = self._fulls(repo)
-        if not fulls:
+            found = [c for c in chains if c.base.id == request.backup_id]
+            if not found:
+                repo.get_manifest(request.backup_id, self.source.name)  # BackupNotFound if absent
+                raise BackupNotFound(f"backup {request.backup_id} is not a full Redis snapshot")
+            chain = found[0]
+            t = request.point_in_time or snapshot_time(chain.base)
+            if not chain.covers(t):
+                raise OutsideWindow(f"backup {chain.base.id} cannot reach {iso(t)}: its chain covers "
+                                    f"{_describe(chain.intervals)}")
+            return chain, t
+        if not chains:
             raise BackupNotFound(f"source {self.source.name} has no backup")
         if request.point_in_time is None:
-            return fulls[-1], snapshot_time(fulls[-1])
+            newest = max(chains, key=lambda c: c.intervals[-1][1])
+            return newest, newest.intervals[-1][1]
         t = request.point_in_time
-        exact = [m for m in fulls if snapshot_time(m) == t]
-        if exact:
-            return exact[-1], t
-        before = [m for m in fulls if snapshot_time(m) < t]
-        hint = (f"the nearest earlier restore point is {iso(snapshot_time(before[-1]))} (backup {before[-1].id})"
-                if before else f"the earliest restore point is {iso(snapshot_time(fulls[0]))}")
-        raise OutsideWindow(f"{iso(t)} is not a recoverable point of source {self.source.name}: Redis restore "
-                            f"points are its snapshot times ({len(fulls)} of them); {hint}. See 'drkit list'.")
+        usable = [c for c in chains if c.covers(t)]
+        if not usable:
+            window = merge([iv for c in chains for iv in c.intervals])
+            raise OutsideWindow(f"{iso(t)} is outside the recoverable window of source {self.source.name}: "
+                                f"{_describe(window)}. See 'drkit list {self.source.name}'.")
+        return max(usable, key=lambda c: snapshot_time(c.base)), t
 
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
         from . import restore as r
 
         t0 = time.monotonic()
-        manifest, at = self._plan(repo, request)
+        chain, at = self._plan(repo, request)
+        base = chain.base
+        snap = snapshot_time(base)
+        slices = chain.slices_until(at) if at > snap else []
         phases = {"plan": time.monotonic() - t0}
-        details: dict[str, Any] = {"restored_to": iso(at)}
+        details: dict[str, Any] = {"restored_to": iso(at), "base_snapshot": iso(snap), "chain": chain.name,
+                                   "slices_replayed": len(slices)}
+        now = int(time.time() * 1000)
+        if slices:  # base far in the future, replay, then settle TTLs relative to T (see replay.py)
+            from .replay import replay_shift
+
+            drop_before, shift = _ms(snap), replay_shift(_ms(snap), now)
+        else:
+            drop_before, shift = _ms(at), now - _ms(at)
         to_url = request.options.get("to")
         t1 = time.monotonic()
         if to_url:
@@ -87,24 +106,59 @@ class RedisDumper(Dumper):
                 raise ConfigError("--start applies to --target-dir restores; --to loads a running instance")
             pw_env = request.options.get("to_password_env")
             details.update(r.restore_to_instance(
-                repo, manifest, to_url, at, password=os.environ.get(pw_env) if pw_env else None,
-                flush=bool(request.options.get("flush"))))
+                repo, base, to_url, drop_before_ms=drop_before, shift_ms=shift,
+                password=os.environ.get(pw_env) if pw_env else None, flush=bool(request.options.get("flush"))))
             phases["load"] = time.monotonic() - t1
-            return RestoreResult(self.source.name, manifest.id, request.target_dir, at, phases, details)
+            if slices:
+                t2 = time.monotonic()
+                details.update(r.replay_into(repo, self.source.name, slices, to_url, pw_env, at, shift, _ms(snap)))
+                phases["replay"] = time.monotonic() - t2
+            return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
         if request.target_dir is None:
             raise ConfigError("give --target-dir DIR (a data directory) or --to redis://host:port (a running, "
                               "empty instance)")
         r.prepare_target(request.target_dir)
         try:
-            details.update(r.restore_to_dir(repo, manifest, request.target_dir, at))
+            details.update(r.restore_to_dir(repo, base, request.target_dir, drop_before_ms=drop_before,
+                                            shift_ms=shift))
+            phases["download"] = time.monotonic() - t1
+            if slices or request.start:
+                from drkit.sandbox.ports import free_port
+
+                t2 = time.monotonic()
+                port = request.port or free_port()
+                details.update(r.start_server(request.target_dir, port, None if slices else details["keys"]))
+                phases["start"] = time.monotonic() - t2
+                if slices:
+                    t3 = time.monotonic()
+                    try:
+                        details.update(r.replay_into(repo, self.source.name, slices, f"redis://127.0.0.1:{port}",
+                                                     None, at, shift, _ms(snap)))
+                        if not request.start:
+                            details.update(r.save_and_stop(port, details["pid"]))
+                    except BaseException:
+                        r.kill_server(details["pid"])
+                        raise
+                    phases["replay"] = time.monotonic() - t3
         except BaseException:
             r.clear_target(request.target_dir)
             raise
-        phases["download"] = time.monotonic() - t1
-        if request.start:
-            from drkit.sandbox.ports import free_port
+        return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
 
-            t2 = time.monotonic()
-            details.update(r.start_server(request.target_dir, request.port or free_port(), details["keys"]))
-            phases["start"] = time.monotonic() - t2
-        return RestoreResult(self.source.name, manifest.id, request.target_dir, at, phases, details)
+    @classmethod
+    def cli_group(cls) -> click.Group:
+        from .cli import redis_group
+
+        return redis_group
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _describe(intervals: list[tuple[datetime, datetime]]) -> str:
+    if not intervals:
+        return "nothing (no backup)"
+    parts = [iso(a) if a == b else f"{iso(a)} .. {iso(b)}" for a, b in intervals[-6:]]
+    more = f" (and {len(intervals) - 6} earlier)" if len(intervals) > 6 else ""
+    return "restore points/intervals " + ", ".join(parts) + more

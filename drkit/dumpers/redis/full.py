@@ -54,6 +54,24 @@ def server_time(opts: RedisOptions) -> datetime:
     return datetime.fromtimestamp(sec + usec / 1e6, UTC)
 
 
+class ForkClock:
+    """Reads the server's clock the moment ``+FULLRESYNC`` arrives (the fork), on a connection
+    opened beforehand so the reading costs one round trip."""
+
+    def __init__(self, opts: RedisOptions) -> None:
+        self.client = opts.client()
+        self.client.ping()
+        self.at: datetime | None = None
+
+    def __call__(self) -> None:
+        sec, usec = self.client.time()
+        self.at = datetime.fromtimestamp(sec + usec / 1e6, UTC)
+        self.client.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def full_backup(repo: Repository, source: str, opts: RedisOptions) -> Manifest:
     facts = server_facts(opts)
     if facts["role"] == "slave" and facts["master_link_status"] != "up":
@@ -65,6 +83,15 @@ def full_backup(repo: Repository, source: str, opts: RedisOptions) -> Manifest:
         reader, meta, snapshot_time, closer = _bgsave(opts)
     else:
         reader, meta, snapshot_time, closer = _psync(opts)
+    try:
+        return commit_snapshot(repo, source, reader, meta, snapshot_time, facts, started)
+    finally:
+        closer()
+
+
+def commit_snapshot(repo: Repository, source: str, reader: Any, meta: dict[str, Any], snapshot_time: datetime,
+                    facts: dict[str, Any], started: datetime) -> Manifest:
+    """Stream one RDB snapshot through the validator into the repository and commit its manifest."""
     validator = ValidatingReader(reader, expected_size=meta.get("size"))
     session = repo.session()
     try:
@@ -72,7 +99,6 @@ def full_backup(repo: Repository, source: str, opts: RedisOptions) -> Manifest:
         stored = session.finish()
     finally:
         session.close()
-        closer()
     ref.meta["rdb_version"] = validator.version
     manifest = Manifest(
         id=new_backup_id(started), source=source, datastore="redis", type="full",
@@ -92,15 +118,17 @@ def full_backup(repo: Repository, source: str, opts: RedisOptions) -> Manifest:
 
 
 def _psync(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
+    clock = ForkClock(opts)
     link = ReplicationLink(opts)
     try:
-        sync = link.full_sync(rdb_only=True, deadline=time.monotonic() + opts.sync_timeout)
-        # The server forked for this snapshot just before +FULLRESYNC: its clock now is the
-        # snapshot's point in time (to within the fork).
-        snapshot_time = server_time(opts)
+        sync = link.full_sync(rdb_only=True, deadline=time.monotonic() + opts.sync_timeout, on_fork=clock)
+        assert clock.at is not None
+        snapshot_time = clock.at
     except BaseException:
         link.close()
         raise
+    finally:
+        clock.close()
     meta = {"method": "psync", "replid": sync.replid, "repl_offset": sync.offset,
             "diskless": sync.size is None}
     if sync.size is not None:

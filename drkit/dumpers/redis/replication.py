@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drkit.errors import SourceError
@@ -50,6 +51,7 @@ class ReplicationLink:
         self._buf = bytearray()
         self._pos = 0
         self.bytes_received = 0
+        self.last_recv = 0
         try:
             self.sock = socket.create_connection((opts.host, opts.port), timeout=opts.connect_timeout)
         except OSError as exc:
@@ -101,6 +103,7 @@ class ReplicationLink:
             raise SourceError(f"Redis at {self.opts.url} sent nothing for {self.timeout:.0f} s") from None
         except OSError as exc:
             raise SourceError(f"connection to Redis at {self.opts.url} failed: {exc}") from None
+        self.last_recv = len(data)
         if not data:
             return False
         self._buf += data
@@ -128,13 +131,18 @@ class ReplicationLink:
         self._pos += n
         return data
 
-    def read_reply(self) -> object:
+    def read_reply(self, *, raise_errors: bool = True) -> object:
+        """One reply; error replies raise ReplyError, or with ``raise_errors=False`` are returned
+        as ReplyError objects (also inside arrays, so the stream never desynchronises)."""
         line = self.readline()
         kind, rest = line[:1], line[1:].rstrip(b"\r\n")
         if kind == b"+":
             return rest.decode()
         if kind == b"-":
-            raise ReplyError(f"Redis at {self.opts.url}: {rest.decode(errors='replace')}")
+            err = ReplyError(f"Redis at {self.opts.url}: {rest.decode(errors='replace')}")
+            if raise_errors:
+                raise err
+            return err
         if kind == b":":
             return int(rest)
         if kind == b"$":
@@ -145,7 +153,7 @@ class ReplicationLink:
             return data[:-2]
         if kind == b"*":
             n = int(rest)
-            return None if n < 0 else [self.read_reply() for _ in range(n)]
+            return None if n < 0 else [self.read_reply(raise_errors=raise_errors) for _ in range(n)]
         raise SourceError(f"Redis at {self.opts.url} sent an unexpected reply {line[:40]!r}")
 
     def call(self, *args: str | bytes | int) -> object:
@@ -153,7 +161,7 @@ class ReplicationLink:
         return self.read_reply()
 
     # -- full sync --------------------------------------------------------------------------
-    def full_sync(self, *, rdb_only: bool, deadline: float) -> FullSync:
+    def full_sync(self, *, rdb_only: bool, deadline: float, on_fork: Callable[[], None] | None = None) -> FullSync:
         """Ask for a snapshot (``PSYNC ? -1``); return once its first byte is next in the stream."""
         if rdb_only:
             try:
@@ -170,7 +178,29 @@ class ReplicationLink:
         if len(parts) != 3 or parts[0] != "+FULLRESYNC":
             raise SourceError(f"Redis at {self.opts.url} answered PSYNC with {line[:80]!r}, not +FULLRESYNC")
         replid, offset = parts[1], int(parts[2])
-        header = self._skip_keepalives(deadline)
+        if on_fork:  # +FULLRESYNC is sent as the server forks: the snapshot's moment, to within an RTT
+            on_fork()
+        return self._snapshot_header(replid, offset, self._skip_keepalives(deadline))
+
+    def psync(self, replid: str, next_offset: int, *, deadline: float,
+              on_fork: Callable[[], None] | None = None) -> FullSync | str:
+        """Resume at ``next_offset``: the replid to continue with (+CONTINUE), or a new FullSync."""
+        self.call("REPLCONF", "capa", "eof", "capa", "psync2")
+        self.send("PSYNC", replid, next_offset)
+        line = self._skip_keepalives(deadline)
+        text = line.decode(errors="replace").strip()
+        if text.startswith("+CONTINUE"):
+            parts = text.split()
+            return parts[1] if len(parts) > 1 else replid
+        if text.startswith("+FULLRESYNC"):
+            parts = text.split()
+            if on_fork:
+                on_fork()
+            header = self._skip_keepalives(deadline)
+            return self._snapshot_header(parts[1], int(parts[2]), header)
+        raise SourceError(f"Redis at {self.opts.url} answered PSYNC with {text[:80]!r}")
+
+    def _snapshot_header(self, replid: str, offset: int, header: bytes) -> FullSync:
         if not header.startswith(b"$"):
             raise SourceError(f"Redis at {self.opts.url} sent {header[:40]!r} instead of a snapshot")
         body = header[1:].rstrip(b"\r\n")
@@ -181,6 +211,33 @@ class ReplicationLink:
             return FullSync(replid, offset, None)
         self._mark = b""
         return FullSync(replid, offset, int(body))
+
+    def poll(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for more bytes; False on timeout.  EOF raises SourceError."""
+        self.sock.settimeout(timeout)
+        try:
+            if self._fill():
+                return True
+        except SourceError as exc:
+            if "sent nothing" in str(exc):
+                return False
+            raise
+        finally:
+            self.sock.settimeout(self.timeout)
+        raise SourceError(f"Redis at {self.opts.url} closed the replication link")
+
+    def next_command(self) -> bytes | None:
+        """The next complete command of the replication stream (raw RESP), if buffered."""
+        from .stream import command_length
+
+        if self._pos >= len(self._buf):
+            return None
+        n = command_length(self._buf, self._pos)
+        if n is None:
+            return None
+        raw = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        return raw
 
     def _skip_keepalives(self, deadline: float) -> bytes:
         while True:

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,16 @@ def clear_target(target: Path) -> None:
                 child.unlink(missing_ok=True)
 
 
-def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, at: datetime) -> dict[str, Any]:
-    """Write ``target/dump.rdb`` as of ``at`` and a minimal ``redis.conf`` that loads it."""
+def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_before_ms: int,
+                   shift_ms: int) -> dict[str, Any]:
+    """Write ``target/dump.rdb``: keys expired at ``drop_before_ms`` dropped, expiries + ``shift_ms``.
+
+    For a restore to the snapshot's own time T: drop_before = T, shift = now - T.
+    """
     path = target / "dump.rdb"
     tmp = target / "dump.rdb.drkit-partial"
     with open_stream(repo, manifest.stream(STREAM)) as src, open(tmp, "wb") as dst:
-        stats = rewrite(src, dst, at_ms=_ms(at), now_ms=int(time.time() * 1000))
+        stats = rewrite(src, dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms)
         dst.flush()
         os.fsync(dst.fileno())
     tmp.rename(path)
@@ -80,7 +84,7 @@ def write_conf(target: Path, port: int) -> Path:
     return conf
 
 
-def start_server(target: Path, port: int, expect_keys: int, timeout: float = 600.0) -> dict[str, Any]:
+def start_server(target: Path, port: int, expect_keys: int | None, timeout: float = 600.0) -> dict[str, Any]:
     """Start ``redis-server`` on the restored directory; return once it serves every key."""
     import redis
 
@@ -110,7 +114,7 @@ def start_server(target: Path, port: int, expect_keys: int, timeout: float = 600
         keys = _count_keys(client)
     finally:
         client.close()
-    if keys != expect_keys:
+    if expect_keys is not None and keys != expect_keys:
         proc.terminate()
         proc.wait(30)
         raise DrkitError(f"the restored redis-server holds {keys} keys, the snapshot as of the point in time "
@@ -129,9 +133,10 @@ def _count_keys(client: Any) -> int:
     return sum(int(v["keys"]) for v in client.info("keyspace").values())
 
 
-def restore_to_instance(repo: Repository, manifest: Manifest, to_url: str, at: datetime, *,
+def restore_to_instance(repo: Repository, manifest: Manifest, to_url: str, *, drop_before_ms: int, shift_ms: int,
                         password: str | None, flush: bool) -> dict[str, Any]:
-    """RESTORE every key alive at ``at`` into the running instance ``to_url`` (TTLs as of ``at``)."""
+    """RESTORE every key not expired at ``drop_before_ms`` into the running instance ``to_url``,
+    expiries moved by ``shift_ms`` (see :func:`restore_to_dir`)."""
     import redis
 
     host, port, username = parse_url(to_url, "--to")
@@ -153,12 +158,12 @@ def restore_to_instance(repo: Repository, manifest: Manifest, to_url: str, at: d
                 raise DrkitError(f"the restore target {target.url} is not empty ({existing} keys); restore into an "
                                  "empty instance, or pass --flush to delete its data first")
             client.flushall()
-        return _load(repo, manifest, client, _ms(at))
+        return _load(repo, manifest, client, drop_before_ms, shift_ms)
     finally:
         client.close()
 
 
-def _load(repo: Repository, manifest: Manifest, client: Any, at_ms: int) -> dict[str, Any]:
+def _load(repo: Repository, manifest: Manifest, client: Any, drop_before_ms: int, shift_ms: int) -> dict[str, Any]:
     """Pipelined RESTOREs, one connection per database (a reconnect can never switch databases)."""
     version = int(manifest.metadata.get("rdb_version") or manifest.stream(STREAM).meta.get("rdb_version", 9))
     ck = client.connection_pool.connection_kwargs
@@ -193,11 +198,12 @@ def _load(repo: Repository, manifest: Manifest, client: Any, at_ms: int) -> dict
                     functions += 1
                     pending += 1
                 elif isinstance(rec, Entry):
-                    if rec.expire_ms is not None and rec.expire_ms <= at_ms:
+                    if rec.expire_ms is not None and rec.expire_ms <= drop_before_ms:
                         expired += 1
                         continue
-                    ttl = 0 if rec.expire_ms is None else rec.expire_ms - at_ms
-                    pipe_for(db).execute_command("RESTORE", rec.key, ttl, restore_payload(rec, version), "REPLACE")
+                    ttl = 0 if rec.expire_ms is None else rec.expire_ms + shift_ms  # absolute (ABSTTL)
+                    pipe_for(db).execute_command("RESTORE", rec.key, ttl, restore_payload(rec, version),
+                                                 "REPLACE", "ABSTTL")
                     restored += 1
                     pending += 1
                     size += len(rec.key) + len(rec.value)
@@ -208,4 +214,63 @@ def _load(repo: Repository, manifest: Manifest, client: Any, at_ms: int) -> dict
         for c in clients.values():
             c.close()
     return {"keys": restored, "keys_expired_by_then": expired, "functions": functions,
-            "keys_in_target": _count_keys(client), "at": datetime.fromtimestamp(at_ms / 1000, UTC).isoformat()}
+            "keys_in_target": _count_keys(client)}
+
+
+def replay_into(repo: Repository, source: str, slices: list[Any], url: str, password_env: str | None,
+                at: datetime, shift_ms: int, snapshot_ms: int) -> dict[str, Any]:
+    """Replay ``slices`` up to ``at`` into the server at ``url``, then settle TTLs relative to ``at``."""
+    from .replay import replay, settle_ttls
+    from .replication import ReplicationLink
+
+    host, port, username = parse_url(url, "restore target")
+    link = ReplicationLink(RedisOptions(host=host, port=port, username=username, password_env=password_env),
+                           timeout=600)
+    try:
+        at_ms = _ms(at)
+        out = replay(repo, source, slices, link, at_ms=at_ms, shift_ms=shift_ms)
+        out.update(settle_ttls(link, at_ms=at_ms, shift_ms=shift_ms, snapshot_ms=snapshot_ms))
+        reply = link.call("INFO", "keyspace")
+        assert isinstance(reply, bytes)
+        out["keys"] = sum(int(part.split(b"=")[1]) for line in reply.split(b"\r\n") if line.startswith(b"db")
+                          for part in line.split(b":")[1].split(b",") if part.startswith(b"keys="))
+        return out
+    finally:
+        link.close()
+
+
+def save_and_stop(port: int, pid: int, timeout: float = 600.0) -> dict[str, Any]:
+    """``SHUTDOWN SAVE`` the temporary replay server: its dump.rdb is then the state as of T."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout) as c:
+        try:
+            c.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise DrkitError(f"the replay server (pid {pid}) did not exit after SHUTDOWN SAVE")
+        time.sleep(0.05)
+    return {"replay_server": "saved and stopped"}
+
+
+def kill_server(pid: int) -> None:
+    if _alive(pid):
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

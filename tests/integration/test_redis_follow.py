@@ -1,0 +1,215 @@
+"""``drkit redis follow`` against a real primary: PITR from recorded command slices, resumes, resyncs.
+
+The workload records, after each step, the wall-clock time and the exact state the test expects;
+restores to times between steps must reproduce that state key by key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from pgenv import DRKIT
+from test_redis_dumper import PASSWORD, RedisEnv, renv  # noqa: F401 - the fixture
+
+
+def start_follower(env: RedisEnv, slice_seconds: float = 1.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [DRKIT, "--config", str(env.config_path), "redis", "follow", "cache", "--slice-seconds", str(slice_seconds),
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "REDIS_PW": PASSWORD})
+
+
+def stop_follower(proc: subprocess.Popen[str]) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert PASSWORD not in out + err
+    return json.loads(out)
+
+
+def wait_following(c: redis.Redis, env: RedisEnv | None = None, timeout: float = 60) -> None:
+    """Until the primary lists the follower as an online replica (and, given ``env``, the
+    recoverable window reaches now: the follower has caught up and sealed a slice)."""
+    if env is not None:
+        wait_following(c, None, timeout)
+        wait_window_end(env, datetime.now(UTC), timeout)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = c.info("replication")
+        if any(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave")):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"follower never came online: {info}")
+
+
+def wait_window_end(env: RedisEnv, t: datetime, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = json.loads(env.drkit("list", "cache", "--json").stdout)[0]
+        if entry["window"] and datetime.fromisoformat(entry["window"]["end"].replace("Z", "+00:00")) >= t:
+            return entry
+        time.sleep(0.5)
+    raise AssertionError(f"window never reached {t}: {entry}")
+
+
+def state(c: redis.Redis) -> dict:
+    keys = sorted(c.scan_iter("w:*"))
+    return {k: c.get(k) for k in keys} | {b"counter": c.get("counter"), b"list": tuple(c.lrange("wl", 0, -1)),
+                                         b"ext": c.get("ext"), b"temp": c.get("temp")}
+
+
+def workload(c: redis.Redis, steps: int, marks: list[tuple[datetime, dict]], pause: float = 0.4) -> None:
+    for i in range(steps):
+        c.set(f"w:{i}", f"v{i}")
+        c.incr("counter")
+        c.rpush("wl", i)
+        if i >= 3:
+            c.delete(f"w:{i - 3}")
+        if i == 1:
+            # 'ext' was in the base with a 15 s TTL; extend it far: replay must honour the extension
+            # even though the original expiry passes before the restore runs.
+            c.pexpireat("ext", int(time.time() * 1000) + 3_600_000)
+            c.set("temp", "t", px=2500)
+        with c.pipeline(transaction=True) as p:  # a MULTI/EXEC block
+            p.incr("counter")
+            p.incr("counter")
+            p.execute()
+        time.sleep(pause / 2)
+        marks.append((datetime.now(UTC), state(c)))
+        time.sleep(pause / 2)
+
+
+def restored_state(env: RedisEnv, t: datetime, tag: str) -> tuple[dict, dict]:
+    out = json.loads(env.drkit("restore", "cache", "--point-in-time", t.isoformat(), "--target-dir",
+                               str(env.root / tag), "--start", "--json").stdout)
+    env.started_pids.append(out["pid"])
+    with redis.Redis(port=out["port"]) as r:
+        return state(r), {**out, "pttl_temp": r.pttl("temp"), "pttl_ext": r.pttl("ext")}
+
+
+def test_follow_point_in_time_between_commands(renv: RedisEnv):  # noqa: F811
+    with renv.primary.client() as c:
+        c.set("ext", "kept", px=15_000)
+        c.set("counter", 0)
+        f = start_follower(renv)
+        try:
+            wait_following(c, renv)
+            marks: list[tuple[datetime, dict]] = []
+            workload(c, 12, marks)
+            # WAIT counts the follower once it acknowledged -- it acknowledges sealed offsets only.
+            assert c.wait(2, 30_000) == 2  # the real replica and the follower
+            wait_window_end(renv, marks[-1][0])
+        finally:
+            report = stop_follower(f)
+    assert report["slices"] >= 2 and report["commands"] > 12 * 5
+    # Early: 'temp' alive with what it had left; late: 'temp' expired (not resurrected), 'ext' alive.
+    for idx, tag in ((2, "early"), (8, "late"), (11, "last")):
+        t, expected = marks[idx]
+        got, out = restored_state(renv, t, tag)
+        assert got == expected, (tag, got, expected)
+        assert expected[b"ext"] == b"kept"
+        assert out["slices_replayed"] >= 1
+        assert out["pttl_ext"] > 3_000_000  # the extension survived the replay
+        if tag == "early":
+            assert 0 < out["pttl_temp"] <= 2500
+        else:
+            assert out["pttl_temp"] == -2
+    # The window is refused outside, with the window in the message.
+    late = marks[-1][0] + timedelta(hours=1)
+    proc = renv.drkit("restore", "cache", "--point-in-time", late.isoformat(), "--target-dir",
+                      str(renv.root / "never"), check=False)
+    assert proc.returncode == 8 and "outside the recoverable window" in proc.stderr
+    assert not (renv.root / "never").exists()
+
+
+def test_dropped_link_resumes_without_gap_and_full_resync_starts_new_chain(renv: RedisEnv):  # noqa: F811
+    with renv.primary.client() as c:
+        c.set("counter", 0)
+        f = start_follower(renv)
+        marks: list[tuple[datetime, dict]] = []
+        try:
+            wait_following(c, renv)
+            workload(c, 4, marks)
+            killed = c.client_kill_filter(_type="replica")
+            assert killed >= 1
+            workload(c, 4, marks)  # written while the follower reconnects with PSYNC
+            wait_following(c, renv)
+            workload(c, 3, marks)
+            assert c.wait(2, 30_000) == 2  # the real replica and the follower
+            wait_window_end(renv, marks[-1][0])
+        finally:
+            report = stop_follower(f)
+        assert report["partial_resyncs"] >= 1 and report["full_resyncs"] == 0
+        assert len(report["chains_started"]) == 1
+        got, _ = restored_state(renv, marks[-1][0], "after-drop")
+        assert got == marks[-1][1]  # nothing lost across the drop
+        # Follower down while more than the backlog is written: it must start a new chain.
+        c.config_set("repl-backlog-size", 16 * 1024)
+        for i in range(400):
+            c.set(f"bulk:{i}", "z" * 1000)
+        c.delete(*[f"bulk:{i}" for i in range(400)])
+        f = start_follower(renv)
+        try:
+            wait_following(c, renv)
+            workload(c, 3, marks)
+            assert c.wait(2, 30_000) == 2  # the real replica and the follower
+            wait_window_end(renv, marks[-1][0])
+        finally:
+            report = stop_follower(f)
+    assert report["full_resyncs"] == 1 and len(report["chains_started"]) == 1
+    listing = json.loads(renv.drkit("list", "cache", "--json").stdout)[0]
+    assert len(listing["chains"]) == 2
+    got, out = restored_state(renv, marks[-1][0], "new-chain")
+    assert got == marks[-1][1]
+    assert out["chain"] == report["chains_started"][0]
+
+
+@pytest.mark.parametrize("mode", ["dir", "to"])
+def test_follow_restore_without_start_and_into_instance(renv: RedisEnv, mode: str):  # noqa: F811
+    with renv.primary.client() as c:
+        c.set("counter", 0)
+        c.set("ext", "kept", px=15_000)
+        f = start_follower(renv)
+        marks: list[tuple[datetime, dict]] = []
+        try:
+            wait_following(c, renv)
+            workload(c, 5, marks)
+            assert c.wait(2, 30_000) == 2  # the real replica and the follower
+            wait_window_end(renv, marks[-1][0])
+        finally:
+            stop_follower(f)
+    t, expected = marks[3]
+    expected = {k: v for k, v in expected.items() if k != b"temp"}  # 2.5 s TTL: may run out meanwhile
+    if mode == "dir":
+        target = renv.root / "plain"
+        out = json.loads(renv.drkit("restore", "cache", "--point-in-time", t.isoformat(), "--target-dir",
+                                    str(target), "--json").stdout)
+        assert out["replay_server"] == "saved and stopped"
+        assert sorted(p.name for p in target.iterdir()) == ["dump.rdb", "redis.conf", "redis.log"]
+        from drkit.sandbox.redis import start_redis
+
+        inst = start_redis(renv.root / "check", settings={"dbfilename": "dump.rdb"})
+        renv.others.append(inst)
+        inst.stop()
+        (inst.data_dir / "dump.rdb").write_bytes((target / "dump.rdb").read_bytes())
+        inst.start()
+        with inst.client() as r:
+            assert {k: v for k, v in state(r).items() if k != b"temp"} == expected
+    else:
+        from drkit.sandbox.redis import start_redis
+
+        inst = start_redis(renv.root / "live")
+        renv.others.append(inst)
+        out = json.loads(renv.drkit("restore", "cache", "--point-in-time", t.isoformat(), "--to", inst.url,
+                                    "--json").stdout)
+        assert out["commands_replayed"] > 0
+        with inst.client() as r:
+            assert {k: v for k, v in state(r).items() if k != b"temp"} == expected
