@@ -129,10 +129,13 @@ class Follower:
         self.report = FollowReport()
         self.pos: Position | None = None
         self.sealed_offset = 0
+        self.skew = 0
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self) -> ReplicationLink:
         clock = ForkClock(self.opts)
+        # Receipt times are stamped in the server's clock, like the snapshot's time.
+        self.skew = clock.skew_ms()
         link = ReplicationLink(self.opts)
         self._clock = clock
         deadline = time.monotonic() + self.opts.sync_timeout
@@ -235,13 +238,13 @@ class Follower:
     def _stream(self, link: ReplicationLink, deadline: float | None) -> None:
         assert self.pos is not None
         caught_up: int | None = None
-        session = now_ms()  # slices of one connection share it: their receipt times are comparable
+        session = now_ms() + self.skew  # slices of one connection share it: their receipt times are comparable
         sl = _Slice(self.pos.offset, None, session)
         last_ack = 0.0
         try:
             while not self.stop.is_set() and not (deadline and time.monotonic() > deadline):
                 got = link.poll(0.5)
-                ts = now_ms()
+                ts = now_ms() + self.skew
                 while (raw := link.next_command()) is not None:
                     sl.add(ts, raw)
                     self.pos.offset += len(raw)

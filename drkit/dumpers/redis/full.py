@@ -63,6 +63,13 @@ class ForkClock:
         self.client.ping()
         self.at: datetime | None = None
 
+    def skew_ms(self) -> int:
+        """Server clock minus this host's clock (ms), read over one round trip."""
+        before = time.time_ns()
+        sec, usec = self.client.time()
+        after = time.time_ns()
+        return (sec * 1_000_000 + usec) // 1000 - (before + after) // 2_000_000
+
     def __call__(self) -> None:
         sec, usec = self.client.time()
         self.at = datetime.fromtimestamp(sec + usec / 1e6, UTC)
