@@ -55,6 +55,10 @@ PACKAGES=(
   redis-server          # Redis 7 (7.0 on Debian 12): dumper + sandbox
   redis-tools           # redis-cli, redis-check-aof/rdb, redis-benchmark
 )
+# Java 17 + Maven for the Cassandra sandbox (Cassandra 5.0 runs on 11 or 17 only): from the OS
+# packages unless a java/mvn is already on PATH (e.g. a JDK installed by other means).
+command -v java >/dev/null 2>&1 || PACKAGES+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || PACKAGES+=(maven)
 if [[ $BENCH -eq 1 ]]; then
   PACKAGES+=(pgbackrest restic)
 fi

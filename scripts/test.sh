@@ -9,7 +9,7 @@ bash "$REPO/scripts/install.sh"
 cd "$REPO"
 # Servers the integration tests need and that take a build: fetched into the cache up front
 # (the fixtures start them; a server that cannot start fails the run, it is never skipped).
-"$DRKIT_VENV/bin/drkit" sandbox install postgres redis mongodb s3-versitygw
+"$DRKIT_VENV/bin/drkit" sandbox install postgres redis mongodb cassandra s3-versitygw
 "$DRKIT_VENV/bin/ruff" check .
 if [[ $# -eq 0 ]]; then
   set -- tests
