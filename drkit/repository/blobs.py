@@ -1,8 +1,9 @@
 """Turning chunks into sealed blobs and back, with the in-memory self-check.
 
-``prepare`` runs in worker threads (zstd and AES-GCM release the GIL): it hashes, compresses,
-encrypts, and then decrypts, decompresses and re-hashes the result before it may be uploaded, so
-a faulty compression or crypto library cannot silently store bytes that will not restore.
+``prepare`` runs in worker threads (BLAKE3, zstd and AES-GCM release the GIL): it hashes,
+compresses, encrypts, and then decrypts, decompresses and compares the result byte for byte with
+the chunk before it may be uploaded, so a faulty compression or crypto library cannot silently
+store bytes that will not restore.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from drkit.repository.crypto import Keys
 from drkit.repository.format import BLOB_RAW, BLOB_ZSTD, blob_aad
 
 _local = threading.local()
+_ZSTD_FLAG = bytes([BLOB_ZSTD])
+_RAW_FLAG = bytes([BLOB_RAW])
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -44,14 +47,14 @@ class Prepared:
     sealed: bytes | None  # None when the chunk is already stored (dedup)
 
 
-def seal_chunk(keys: Keys, data: bytes, level: int, blob_id: bytes | None = None) -> tuple[bytes, bytes]:
+def seal_chunk(
+    keys: Keys, data: bytes | memoryview, level: int, blob_id: bytes | None = None
+) -> tuple[bytes, bytes]:
     blob_id = blob_id if blob_id is not None else keys.chunk_id(data)
     compressed = _compressor(level).compress(data) if level > 0 else b""
     if compressed and len(compressed) < len(data):
-        payload = bytes([BLOB_ZSTD]) + compressed
-    else:
-        payload = bytes([BLOB_RAW]) + data
-    return blob_id, keys.seal(payload, blob_aad(blob_id))
+        return blob_id, keys.seal_parts(_ZSTD_FLAG, compressed, blob_aad(blob_id))
+    return blob_id, keys.seal_parts(_RAW_FLAG, data, blob_aad(blob_id))
 
 
 def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, what: str) -> bytes:
@@ -73,12 +76,38 @@ def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, 
     return data
 
 
-def prepare(keys: Keys, data: bytes, level: int, known: object | None) -> Prepared:
+def prepare(keys: Keys, data: bytes | memoryview, level: int, known: object | None) -> Prepared:
     blob_id = keys.chunk_id(data)
     hex_id = blob_id.hex()
     if known is not None and hex_id in known:  # type: ignore[operator]
         return Prepared(hex_id, len(data), None)
     _, sealed = seal_chunk(keys, data, level, blob_id)
     # Self-check before upload (RELIABILITY: a dependency can corrupt data).
-    open_chunk(keys, sealed, hex_id, len(data), what=f"self-check of new chunk {hex_id[:16]}")
+    self_check(keys, sealed, blob_id, data)
     return Prepared(hex_id, len(data), sealed)
+
+
+def self_check(keys: Keys, sealed: bytes, blob_id: bytes, data: bytes | memoryview) -> None:
+    """Open a freshly sealed blob the way a restore will and compare it with the chunk.
+
+    Decrypts (checking the GCM tag and the aad that binds the chunk id), decompresses, and
+    compares the result byte for byte with the original chunk, whose keyed hash *is* ``blob_id``:
+    equal bytes hash to the same id, so a restore's hash check of these bytes must pass.  The
+    comparison replaces a second BLAKE3 pass over the chunk (memcmp is ~10x cheaper).
+    """
+    hex_id = blob_id.hex()
+    what = f"self-check of new chunk {hex_id[:16]}"
+    payload = keys.open(sealed, blob_aad(blob_id), what=what)
+    flag = payload[0]
+    if flag == BLOB_ZSTD:
+        try:
+            out = _decompressor().decompress(memoryview(payload)[1:], max_output_size=len(data))
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: does not decompress: {exc}", key=what) from None
+        same = out == data
+    elif flag == BLOB_RAW:
+        same = memoryview(payload)[1:] == data
+    else:
+        same = False
+    if not same:
+        raise IntegrityError(f"{what}: sealed blob does not restore to the chunk", key=what)

@@ -86,15 +86,25 @@ class Keys:
         key = blake3.blake3(salt, key=self.enc).digest(32)
         return MAGIC + salt + AESGCM(key).encrypt(_ZERO_NONCE, bytes(plaintext), aad)
 
+    def seal_parts(self, head: bytes, body: bytes | memoryview, aad: bytes) -> bytes:
+        """:meth:`seal` of ``head + body``, encrypting straight into the sealed object's buffer."""
+        plaintext = head + body if head else body
+        salt = os.urandom(SALT_LEN)
+        key = blake3.blake3(salt, key=self.enc).digest(32)
+        out = bytearray(OVERHEAD + len(plaintext))
+        out[:4] = MAGIC
+        out[4 : 4 + SALT_LEN] = salt
+        AESGCM(key).encrypt_into(_ZERO_NONCE, plaintext, aad, memoryview(out)[4 + SALT_LEN :])
+        return out  # type: ignore[return-value]  # a bytearray: bytes-like, one copy fewer
+
     def open(self, sealed: bytes | memoryview, aad: bytes, *, what: str) -> bytes:
         """Decrypt and authenticate; raise :class:`IntegrityError` naming ``what`` on failure."""
-        sealed = bytes(sealed)
-        if len(sealed) < OVERHEAD or sealed[:4] != MAGIC:
+        view = memoryview(sealed)
+        if len(view) < OVERHEAD or view[:4] != MAGIC:
             raise IntegrityError(f"{what}: not a drkit object or truncated", key=what)
-        salt = sealed[4 : 4 + SALT_LEN]
-        key = blake3.blake3(salt, key=self.enc).digest(32)
+        key = blake3.blake3(view[4 : 4 + SALT_LEN], key=self.enc).digest(32)
         try:
-            return AESGCM(key).decrypt(_ZERO_NONCE, sealed[4 + SALT_LEN :], aad)
+            return AESGCM(key).decrypt(_ZERO_NONCE, view[4 + SALT_LEN :], aad)
         except InvalidTag:
             raise IntegrityError(
                 f"{what}: authentication failed (corrupted, truncated, or not the object it "
