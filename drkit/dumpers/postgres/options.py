@@ -22,6 +22,8 @@ class PgOptions:
     databases: tuple[str, ...] = ()  # logical backups: empty = every connectable database
     checkpoint: str = "fast"
     max_rate: str | None = None
+    # Node-local full backups: the server's data directory, readable by drkit on this host.
+    data_dir: Path | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for libpq tools: the password travels here, never in argv."""
@@ -106,10 +108,14 @@ def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
         "os_user": raw.pop("os_user", "postgres"),
         "checkpoint": raw.pop("checkpoint", "fast"),
         "max_rate": raw.pop("max_rate", None),
+        "data_dir": Path(raw.pop("data_dir")) if raw.get("data_dir") else None,
     }
+    raw.pop("data_dir", None)
     raw.pop("password_file", None)
     if raw:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(raw))}")
     if opts["checkpoint"] not in ("fast", "spread"):
         raise ConfigError(f"{where}.checkpoint must be fast or spread")
+    if opts["data_dir"] is not None and not opts["data_dir"].is_absolute():
+        raise ConfigError(f"{where}.data_dir must be an absolute path")
     return PgOptions(dsn=dsn, bin_dir=bin_path, databases=tuple(dbs), **opts)
