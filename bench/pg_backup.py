@@ -398,10 +398,14 @@ def compression_check(pg: PgInstance, work: Path, heap_file: str) -> dict:
 # Tools
 
 
-def write_drkit_config(path: Path, key: Path, repo_url: str, dsn: str, s3: dict | None = None) -> Path:
+def write_drkit_config(path: Path, key: Path, repo_url: str, dsn: str, s3: dict | None = None,
+                       data_dir: Path | None = None) -> Path:
+    source: dict = {"type": "postgres", "dsn": dsn}
+    if data_dir is not None:  # node-local full backups (pg_backup_start/stop, files read directly)
+        source["data_dir"] = str(data_dir)
     cfg = {"repository": {"url": repo_url, **({"s3": s3} if s3 else {})},
            "encryption": {"key_file": str(key)},
-           "sources": {SOURCE: {"type": "postgres", "dsn": dsn}}}
+           "sources": {SOURCE: source}}
     path.write_text(yaml.safe_dump(cfg))
     path.chmod(0o644)
     return path
@@ -500,6 +504,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="rounds (medians are reported)")
     ap.add_argument("--no-s3", action="store_true", help="skip the moto S3 measurements")
     ap.add_argument("--no-pgbackrest", action="store_true")
+    ap.add_argument("--no-node-local", action="store_true", help="skip the node-local (data_dir) drkit full")
     ap.add_argument("--profile", action="store_true", help="also profile one drkit full per thread")
     ap.add_argument("--workdir", default="/var/tmp", help="parent of the work directory")
     ap.add_argument("--json", default=None, help="write all results to this file")
@@ -561,6 +566,19 @@ def main() -> int:
                                                  "repo_growth_bytes": size_after_2 - size_after_1,
                                                  "chunks_new": second["metadata"].get("chunks_new"),
                                                  "chunks_reused": second["metadata"].get("chunks_reused")}
+
+            # drkit node-local (data_dir set): pg_backup_start/stop, data files read directly.
+            if not args.no_node_local:
+                repo_nl = mkdir_for_postgres(rw / "drkit-repo-nl", 0o755)
+                cfg_nl = write_drkit_config(rw / "drkit-nl.yaml", key, f"file://{repo_nl}", pg.dsn,
+                                            data_dir=pg.data_dir)
+                drkit_init(cfg_nl)
+                m = measure("drkit full node-local", drkit_cmd(cfg_nl, "backup", SOURCE, "--json"))
+                out_nl = json.loads(m.stdout)
+                assert out_nl["metadata"]["method"] == "local", out_nl["metadata"]
+                r["drkit_full_node_local"] = vars(m) | {"stdout": "", "stored_bytes": out_nl["stored_bytes"],
+                                                        "stream_bytes": out_nl["size"]}
+                shutil.rmtree(repo_nl)
 
             # drkit, S3 (moto): a fresh bucket each round.
             if moto is not None:
@@ -657,7 +675,8 @@ def summarize(results: dict) -> dict:
         vals = [r[name][key] for r in rounds if name in r]
         return median(vals) if vals else float("nan")
 
-    names = [("drkit_full", "drkit full, local repo"), ("drkit_full_s3", "drkit full, S3 (moto)"),
+    names = [("drkit_full", "drkit full, local repo"),
+             ("drkit_full_node_local", "drkit full node-local (data_dir), local repo"), ("drkit_full_s3", "drkit full, S3 (moto)"),
              ("drkit_second_full", "drkit 2nd full (unchanged DB)"),
              ("pipeline", "pg_basebackup -Ft -X fetch \\| zstd -3 -T2"), ("pgbackrest_full", "pgBackRest full"),
              ("drkit_restore", "drkit restore (lay-down)"), ("pgbackrest_restore", "pgBackRest restore"),
@@ -685,6 +704,10 @@ def summarize(results: dict) -> dict:
 
     ratios["drkit_full / pgbackrest_full"] = ratio("drkit_full", "pgbackrest_full")
     ratios["drkit_full / pipeline"] = ratio("drkit_full", "pipeline")
+    ratios["drkit_full_node_local / pgbackrest_full"] = ratio("drkit_full_node_local", "pgbackrest_full")
+    ratios["drkit_full_node_local / pipeline"] = ratio("drkit_full_node_local", "pipeline")
+    ratios["drkit_full_node_local / pgbackrest_full (CPU s)"] = ratio("drkit_full_node_local", "pgbackrest_full", "cpu")
+    ratios["drkit_full / pgbackrest_full (CPU s)"] = ratio("drkit_full", "pgbackrest_full", "cpu")
     ratios["drkit_full_s3 / pgbackrest_full"] = ratio("drkit_full_s3", "pgbackrest_full")
     ratios["drkit_full_s3 / pipeline"] = ratio("drkit_full_s3", "pipeline")
     ratios["drkit_restore / pgbackrest_restore"] = ratio("drkit_restore", "pgbackrest_restore")
