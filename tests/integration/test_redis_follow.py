@@ -251,3 +251,25 @@ def test_follower_killed_with_sigkill_resumes_where_it_sealed(renv: RedisEnv):  
     assert before
     got, _ = restored_state(renv, before[-1][0], "before-kill")
     assert got == before[-1][1]
+
+
+def test_idle_primary_window_still_advances(renv: RedisEnv):  # noqa: F811
+    """No writes and no PINGs for a minute: heartbeats (the primary's offset equals ours) still
+    move the window forward every slice, so 'list' reports a true RPO for a quiet source."""
+    with renv.primary.client() as c:
+        c.config_set("repl-ping-replica-period", 60)
+        c.set("k", "v")
+        f = start_follower(renv)
+        try:
+            wait_following(c)
+            time.sleep(2)
+            t = datetime.now(UTC)
+            entry = wait_window_end(renv, t + timedelta(seconds=2), timeout=30)
+        finally:
+            report = stop_follower(f)
+            c.config_set("repl-ping-replica-period", 1)
+    assert report["commands"] <= 1  # at most the initial PING: the window moved on heartbeats
+    assert entry["current_rpo_seconds"] < 10
+    _, out = restored_state(renv, t, "idle")
+    with redis.Redis(port=out["port"]) as r:
+        assert r.get("k") == b"v"

@@ -56,7 +56,8 @@ def build_chains(manifests: list[Manifest], records: list[LogRecord]) -> list[Ch
         chain = Chain(m, intervals=[(snap, snap)])
         name = m.metadata.get("chain")
         if name:
-            _attach(chain, sorted(by_chain.get(name, []), key=lambda r: int(r.metadata["start_offset"])))
+            _attach(chain, sorted(by_chain.get(name, []), key=lambda r: (int(r.metadata["start_offset"]),
+                                                                          int(r.metadata["end_offset"]))))
         chains.append(chain)
     return chains
 

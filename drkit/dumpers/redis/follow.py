@@ -18,6 +18,7 @@ times are only close to execution times once the backlog sent at connect has dra
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import tempfile
@@ -115,8 +116,9 @@ def resume_position(repo: Repository, source: str) -> Position | None:
     names = [n for n in repo.list_log_names(source) if n.startswith(chain + ".")]
     if not names:
         return Position(chain, base.metadata["replid"], int(base.metadata["repl_offset"]))
-    last = repo.get_log(source, max(names))
-    assert last is not None
+    # A heartbeat (".hb" name, no commands) can sort after the slice that ends further on.
+    last = max(repo.log_records(source, names), key=lambda r: (int(r.metadata["end_offset"]),
+                                                              int(r.metadata["start_offset"])))
     return Position(chain, last.metadata["replid"], int(last.metadata["end_offset"]))
 
 
@@ -201,6 +203,31 @@ class Follower:
         self.report.slices += 1
         self.report.commands += sl.commands
 
+    def _heartbeat(self, sl: _Slice, ts: int) -> None:
+        """On an idle link, prove that nothing was missed up to now and record it.
+
+        If the server's replication offset equals ours, every write it executed before answering
+        is in what we recorded: an empty record (``<chain>.<offset>.hb<ms>``) then extends the
+        recoverable window to ``ts`` although no command arrived.  Without it the window of a
+        quiet source would only advance with the primary's PINGs (repl-ping-replica-period).
+        """
+        assert self.pos is not None
+        import redis
+
+        try:
+            with self.opts.client(socket_timeout=5) as c:
+                info = c.info("replication")
+        except redis.RedisError:
+            return  # the link will tell us soon enough if something is wrong
+        if int(info.get("master_repl_offset", -1)) != self.pos.offset:
+            return
+        meta = {"chain": self.pos.chain, "replid": self.pos.replid, "start_offset": self.pos.offset,
+                "end_offset": self.pos.offset, "first_ts_ms": ts, "last_ts_ms": ts, "commands": 0, "bytes": 0,
+                "caught_up_ms": sl.caught_up_ms, "session": sl.session, "heartbeat": True}
+        self.repo.put_log(self.source, f"{slice_name(self.pos.chain, self.pos.offset)}.hb{ts}", io.BytesIO(b""),
+                          meta)
+        sl.caught_up_ms = None  # recorded in the heartbeat
+
     # -- main loop ------------------------------------------------------------------------------
     def run(self, duration: float | None = None) -> FollowReport:
         version = server_facts(self.opts)["redis_version"] or "0"
@@ -254,8 +281,11 @@ class Follower:
                     caught_up = ts
                     sl.caught_up_ms = caught_up
                 if time.monotonic() - sl.opened >= self.slice_seconds or sl.size >= MAX_SLICE_BYTES:
+                    if sl.commands == 0 and caught_up is not None and link.buffered() == 0:
+                        self._heartbeat(sl, ts)
                     self._seal(sl)
-                    # An empty slice is not stored: its caught-up mark moves on to the next one.
+                    # An empty slice is not stored: its caught-up mark (unless a heartbeat took it)
+                    # moves on to the next one.
                     sl = _Slice(self.pos.offset, sl.caught_up_ms if sl.commands == 0 else None, session)
                 if time.monotonic() - last_ack >= ACK_EVERY:
                     link.send("REPLCONF", "ACK", self.sealed_offset)
