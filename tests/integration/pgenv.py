@@ -123,14 +123,18 @@ def make_pg_env(tag: str, repo_url: str | None = None, s3: dict | None = None,
     archive_cmd = f"{DRKIT} --config {cfg_path} pg wal-push --source main %p"
     pg = start_postgres(root / "pg", archive_command=archive_cmd, archive_timeout=archive_timeout or None,
                         env={**(env or {}), **(server_only_env or {})})
-    config = {
-        "repository": {"url": repo_url, **({"s3": s3} if s3 else {})},
-        "encryption": encryption or {"key_file": str(key)},
-        "sources": {"main": {"type": "postgres", "dsn": pg.dsn}},
-    }
-    cfg_path.write_text(yaml.safe_dump(config))
-    cfg_path.chmod(0o644)
-    shutil.chown(key, "root", "postgres")
-    penv = PgEnv(root, cfg_path, pg, env=dict(env or {}))
-    penv.drkit("init")
+    try:  # a failed setup must not leave the server behind
+        config = {
+            "repository": {"url": repo_url, **({"s3": s3} if s3 else {})},
+            "encryption": encryption or {"key_file": str(key)},
+            "sources": {"main": {"type": "postgres", "dsn": pg.dsn}},
+        }
+        cfg_path.write_text(yaml.safe_dump(config))
+        cfg_path.chmod(0o644)
+        shutil.chown(key, "root", "postgres")
+        penv = PgEnv(root, cfg_path, pg, env=dict(env or {}))
+        penv.drkit("init")
+    except BaseException:
+        pg.stop()
+        raise
     return penv

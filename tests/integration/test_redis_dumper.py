@@ -77,9 +77,11 @@ def renv():
         },
     }))
     env = RedisEnv(root, cfg, primary)
-    env.drkit("init")
-    yield env
-    env.close()
+    try:
+        env.drkit("init")
+        yield env
+    finally:  # also when setup fails: no server is left behind
+        env.close()
 
 
 def populate(c: redis.Redis, n: int = 2000) -> None:
