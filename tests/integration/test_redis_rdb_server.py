@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from drkit.dumpers.redis.rdb import (
     Entry,
@@ -22,64 +23,21 @@ from drkit.dumpers.redis.rdb import (
     restore_payload,
     rewrite,
 )
-from drkit.sandbox.ports import free_port
+from drkit.sandbox.redis import RedisInstance, start_redis
 
-redis = pytest.importorskip("redis")
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CHECK_RDB = shutil.which("redis-check-rdb") or "/usr/bin/redis-check-rdb"
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists(REDIS_SERVER), reason="redis-server is not installed"),
-]
+pytestmark = [pytest.mark.integration]
 
 SHORT_TTL_MS = 8_000
 FUNCTION_CODE = "#!lua name=drkitlib\nredis.register_function('echo1', function(keys, args) return args[1] end)"
 
 
-class RedisServer:
-    """A throwaway redis-server on a free port; only this process is ever stopped."""
+def start_server(workdir: Path, **settings: str) -> RedisInstance:
+    """A sandbox redis-server whose data directory (``workdir/data``) holds ``dump.rdb``.
 
-    def __init__(self, directory: Path, dbfilename: str = "dump.rdb", *args: str) -> None:
-        self.dir = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-        for _ in range(3):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
-                 "--dbfilename", dbfilename, "--save", "", "--appendonly", "no", "--daemonize", "no",
-                 "--logfile", str(directory / f"redis-{self.port}.log"), *args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError(f"redis-server did not start; see logs in {directory}")
-
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        client = self.client()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if client.ping():
-                    return True
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                pass
-            time.sleep(0.05)
-        return False
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=60)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    A missing redis-server fails the test (SandboxError), it never skips.
+    """
+    return start_redis(workdir, settings={k.replace("_", "-"): v for k, v in settings.items()})
 
 
 def populate(r: redis.Redis) -> None:
@@ -146,7 +104,7 @@ def contents(c: redis.Redis, key: bytes) -> object:
     return c.dump(key)  # streams: DUMP is deterministic
 
 
-def snapshot(server: RedisServer) -> dict[tuple[int, bytes], tuple[bytes, int, object]]:
+def snapshot(server: RedisInstance) -> dict[tuple[int, bytes], tuple[bytes, int, object]]:
     """(db, key) -> (DUMP payload, PTTL, contents) of every key in dbs 0..15."""
     out = {}
     for db in range(16):
@@ -164,8 +122,9 @@ def assert_same(got: tuple, want: tuple, key: object) -> None:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    d = tmp_path_factory.mktemp("redis-src")
-    server = RedisServer(d, "dump.rdb", "--maxmemory-policy", "allkeys-lfu", "--enable-debug-command", "local")
+    server = start_server(tmp_path_factory.mktemp("redis-src"), maxmemory_policy="allkeys-lfu",
+                          enable_debug_command="local")
+    d = server.data_dir
     try:
         r = server.client()
         populate(r)
@@ -174,9 +133,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         saved_ms = sec * 1000 + usec // 1000
         r.save()
         # The same data without a checksum, and with LRU idle times instead of LFU counters.
-        d2 = tmp_path_factory.mktemp("redis-nocrc")
+        w2 = tmp_path_factory.mktemp("redis-nocrc")
+        d2 = w2 / "data"
+        d2.mkdir()
         shutil.copy(d / "dump.rdb", d2 / "dump.rdb")
-        other = RedisServer(d2, "dump.rdb", "--rdbchecksum", "no", "--maxmemory-policy", "allkeys-lru")
+        other = start_server(w2, rdbchecksum="no", maxmemory_policy="allkeys-lru")
         try:
             other.client().save()
         finally:
@@ -225,7 +186,7 @@ def enc(data: bytes) -> bytes:
 
 
 def test_restore_into_running_server(source: dict, tmp_path: Path) -> None:
-    target = RedisServer(tmp_path)
+    target = start_server(tmp_path)
     try:
         c = {db: target.client(db) for db in (0, 3)}
         parser = RdbParser(io.BytesIO(source["rdb"]))
@@ -260,12 +221,13 @@ def check_rdb(path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def load_rewritten(source: dict, tmp_path: Path, at_ms: int, name: str = "rdb") -> tuple[dict, RedisServer]:
+def load_rewritten(source: dict, tmp_path: Path, at_ms: int, name: str = "rdb") -> tuple[dict, RedisInstance]:
     now_ms = int(time.time() * 1000)
-    with (tmp_path / "dump.rdb").open("wb") as dst:
+    (tmp_path / "data").mkdir()
+    with (tmp_path / "data" / "dump.rdb").open("wb") as dst:
         stats = rewrite(io.BytesIO(source[name]), dst, at_ms=at_ms, now_ms=now_ms)
-    check_rdb(tmp_path / "dump.rdb")
-    return stats, RedisServer(tmp_path)
+    check_rdb(tmp_path / "data" / "dump.rdb")
+    return stats, start_server(tmp_path)
 
 
 def test_rewrite_at_save_time_loads_identically(source: dict, tmp_path: Path) -> None:
@@ -303,7 +265,7 @@ def test_rewrite_later_point_drops_short_ttl(source: dict, tmp_path: Path) -> No
 def test_rewrite_unchecksummed_lru_file(source: dict, tmp_path: Path) -> None:
     stats, target = load_rewritten(source, tmp_path, source["saved_ms"], name="nocrc")
     try:
-        checked = ValidatingReader(io.BytesIO((tmp_path / "dump.rdb").read_bytes()))
+        checked = ValidatingReader(io.BytesIO((tmp_path / "data" / "dump.rdb").read_bytes()))
         assert checked.readall() and checked.checksummed  # a fresh CRC64 is written
         assert snapshot(target).keys() == source["state"].keys()
         assert stats.bytes_in == len(source["nocrc"])
