@@ -31,6 +31,7 @@ import yaml
 
 from drkit.sandbox import SandboxError
 from drkit.sandbox.ports import free_port, port_is_free
+from drkit.sandbox.procs import log_tail, pid_alive
 from drkit.sandbox.s3 import cache_dir
 
 _STATUS_LINE = re.compile(r"^([UD][NLJM])\s+(\S+)\s", re.M)
@@ -399,28 +400,6 @@ def parse_status(text: str) -> dict[str, str]:
     """{address: state} from ``nodetool status`` output (ports, if printed, are dropped)."""
     return {addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr: state
             for state, addr in _STATUS_LINE.findall(text)}
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log ('' when it does not exist)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def is_node_process(pid: int, config_path: Path) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from drkit.sandbox.kinds import KINDS
+from drkit.sandbox.procs import pid_alive as _alive
 
 STATE = "drkit-sandbox.json"
 
@@ -25,20 +26,6 @@ def _load(d: Path) -> dict[str, Any]:
         return json.loads((d / STATE).read_text())
     except FileNotFoundError:
         raise click.ClickException(f"no sandbox in {d} (no {STATE})") from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _pids(state: dict[str, Any]) -> list[int]:

@@ -38,6 +38,8 @@ from typing import Any
 
 from drkit.sandbox import SandboxError
 from drkit.sandbox.ports import free_port
+from drkit.sandbox.procs import log_tail
+from drkit.sandbox.procs import pid_alive as _pid_alive
 from drkit.sandbox.s3 import cache_dir
 
 FERRETDB_VERSION = "v1.24.2"  # pinned in go/ferretdb/go.mod
@@ -130,16 +132,6 @@ def find_mongod(mongod: str | os.PathLike[str] | None = None) -> Path | None:
 # Processes
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
-
-
 def _signal_and_wait(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float, *, term: bool = True) -> None:
     """SIGTERM ``pid`` (unless not ``term``), wait up to ``timeout``, then SIGKILL; return once it is gone."""
     steps = ((signal.SIGTERM, timeout),) if term else ()
@@ -162,18 +154,6 @@ def _signal_and_wait(pid: int, proc: subprocess.Popen[bytes] | None, timeout: fl
             pass
     if _pid_alive(pid):
         raise SandboxError(f"process {pid} survived SIGKILL")
-
-
-def log_tail(log_path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a server log ('' when it does not exist)."""
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 @dataclass

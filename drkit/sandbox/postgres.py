@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from drkit.sandbox import SandboxError
 from drkit.sandbox.ports import free_port
+from drkit.sandbox.procs import log_tail
+from drkit.sandbox.procs import pid_alive as _pid_alive
 
 if TYPE_CHECKING:
     import psycopg
@@ -165,17 +167,6 @@ def _run(
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (an exited, unreaped process)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
-
-
 def _descendants(pid: int) -> list[int]:
     """Processes whose parent chain leads to ``pid`` (the postmaster's children), from /proc."""
     parents: dict[int, int] = {}
@@ -207,19 +198,6 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(_POLL)
         alive = [p for p in alive if _pid_alive(p)]
     return alive
-
-
-def log_tail(log_path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a server log ('' when it does not exist)."""
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 def _wait_stale_reaped(data_dir: Path, timeout: float) -> None:

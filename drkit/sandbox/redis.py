@@ -32,6 +32,8 @@ from typing import Any
 
 from drkit.sandbox import SandboxError
 from drkit.sandbox.ports import free_port
+from drkit.sandbox.procs import log_tail
+from drkit.sandbox.procs import pid_alive as _alive
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -91,7 +93,7 @@ class RedisInstance:
         return _alive(self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log_path, lines)
+        return log_tail(self.log_path, lines) or f"(no log at {self.log_path})"
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the replica (if any), then this server: SIGTERM, wait, SIGKILL; no process is left."""
@@ -114,20 +116,6 @@ class RedisInstance:
         _wait_ready(self, timeout, "restart")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -148,13 +136,6 @@ def _terminate(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -
     if not _wait_gone(pid, proc, timeout):
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, proc, 10)
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def _conf_value(value: object) -> str:
