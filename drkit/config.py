@@ -100,6 +100,19 @@ class Config:
             raise ConfigError(f"no source named {name!r}{where} (configured: {known})") from None
 
 
+def read_password(env_name: str | None, file: Path | None) -> str | None:
+    """A source's password: the environment variable ``env_name`` if set, else the file's first
+    line (stripped), else None.  Shared by every dumper so they behave alike."""
+    if env_name and os.environ.get(env_name):
+        return os.environ[env_name]
+    if file:
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read password_file {file}: {exc.strerror}") from None
+    return None
+
+
 def _take(section: dict[str, Any], cls: type, where: str) -> Any:
     allowed = set(cls.__dataclass_fields__)
     unknown = set(section) - allowed

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drkit.config import read_password
 from drkit.errors import ConfigError
 
 
@@ -37,14 +38,7 @@ class PgOptions:
         return env
 
     def password(self) -> str | None:
-        if self.password_env and os.environ.get(self.password_env):
-            return os.environ[self.password_env]
-        if self.password_file:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
-        return None
+        return read_password(self.password_env, self.password_file)
 
     def tool(self, name: str) -> str:
         path = self.bin_dir / name

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - re-exported
 from drkit.errors import DrkitError, SourceError
 from drkit.repository import Manifest, Repository
 
@@ -29,18 +30,6 @@ def drkit_executable() -> str:
     if not found:
         raise DrkitError("cannot find the drkit executable for restore_command; put it on PATH")
     return found
-
-
-def prepare_target(target: Path) -> None:
-    if target.exists():
-        if any(target.iterdir()):
-            raise DrkitError(
-                f"target directory {target} is not empty; restore into an empty or new directory "
-                "(drkit never overwrites a data directory)"
-            )
-    else:
-        target.mkdir(parents=True)
-    target.chmod(0o700)
 
 
 def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
@@ -123,17 +112,6 @@ def write_recovery_config(
     (target / "recovery.signal").write_text("")
     (target / "pg_wal").mkdir(exist_ok=True)
     return settings
-
-
-def clear_target(target: Path) -> None:
-    """Remove what a failed restore laid down in ``target`` (which was empty before it)."""
-    if not target.is_dir():
-        return
-    for child in target.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def stop_server(opts: PgOptions, target: Path) -> None:

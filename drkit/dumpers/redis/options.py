@@ -12,12 +12,12 @@ sources:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from drkit.config import read_password
 from drkit.errors import ConfigError
 
 
@@ -39,14 +39,7 @@ class RedisOptions:
         return f"redis://{self.host}:{self.port}"
 
     def password(self) -> str | None:
-        if self.password_env and os.environ.get(self.password_env):
-            return os.environ[self.password_env]
-        if self.password_file:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
-        return None
+        return read_password(self.password_env, self.password_file)
 
     def client(self, **kw: Any) -> Any:
         """A redis-py client for ordinary commands (INFO, TIME, BGSAVE ...)."""

@@ -16,9 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - used as r.*
 from drkit.errors import DrkitError, SourceError
 from drkit.repository import Manifest, Repository
 from drkit.repository.reader import open_stream
+from drkit.sandbox.procs import log_tail
+from drkit.sandbox.procs import pid_alive as _alive
 
 from .full import STREAM
 from .options import RedisOptions, parse_url
@@ -30,26 +33,6 @@ _BATCH_BYTES = 8 << 20
 
 def _ms(t: datetime) -> int:
     return int(t.timestamp() * 1000)
-
-
-def prepare_target(target: Path) -> None:
-    if target.exists():
-        if any(target.iterdir()):
-            raise DrkitError(f"target directory {target} is not empty; restore into an empty or new "
-                             "directory (drkit never overwrites a data directory)")
-    else:
-        target.mkdir(parents=True)
-    target.chmod(0o700)
-
-
-def clear_target(target: Path) -> None:
-    """Remove what a failed restore laid down in ``target`` (which was empty before it)."""
-    if target.is_dir():
-        for child in target.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
 
 
 def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_before_ms: int,
@@ -100,7 +83,7 @@ def start_server(target: Path, port: int, expect_keys: int | None, timeout: floa
         while True:
             if proc.poll() is not None:
                 raise DrkitError(f"the restored redis-server exited with {proc.returncode}; see {target}/redis.log:\n"
-                                 + _tail(target / "redis.log"))
+                                 + (log_tail(target / "redis.log", 20) or "(no log)"))
             try:
                 if client.ping() and not client.info("persistence").get("loading"):
                     break
@@ -120,13 +103,6 @@ def start_server(target: Path, port: int, expect_keys: int | None, timeout: floa
         raise DrkitError(f"the restored redis-server holds {keys} keys, the snapshot as of the point in time "
                          f"has {expect_keys}; the server was stopped -- do not use {target}")
     return {"port": port, "pid": proc.pid, "url": f"redis://127.0.0.1:{port}", "conf": str(conf), "keys_served": keys}
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _count_keys(client: Any) -> int:
@@ -264,13 +240,3 @@ def kill_server(pid: int) -> None:
             time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
