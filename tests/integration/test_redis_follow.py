@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -60,6 +62,21 @@ def wait_window_end(env: RedisEnv, t: datetime, timeout: float = 60) -> dict:
     raise AssertionError(f"window never reached {t}: {entry}")
 
 
+@contextmanager
+def following(env: RedisEnv, c: redis.Redis, marks: list[tuple[datetime, dict]]) -> Iterator[dict]:
+    """Run the follower around the block; afterwards every mark is sealed and the report is filled."""
+    report: dict = {}
+    f = start_follower(env)
+    try:
+        wait_following(c, env)
+        yield report
+        # WAIT counts the follower once it acknowledged -- it acknowledges sealed offsets only.
+        assert c.wait(2, 30_000) == 2  # the real replica and the follower
+        wait_window_end(env, marks[-1][0])
+    finally:
+        report.update(stop_follower(f))
+
+
 def state(c: redis.Redis) -> dict:
     keys = sorted(c.scan_iter("w:*"))
     return {k: c.get(k) for k in keys} | {b"counter": c.get("counter"), b"list": tuple(c.lrange("wl", 0, -1)),
@@ -99,16 +116,9 @@ def test_follow_point_in_time_between_commands(renv: RedisEnv):  # noqa: F811
     with renv.primary.client() as c:
         c.set("ext", "kept", px=15_000)
         c.set("counter", 0)
-        f = start_follower(renv)
-        try:
-            wait_following(c, renv)
-            marks: list[tuple[datetime, dict]] = []
+        marks: list[tuple[datetime, dict]] = []
+        with following(renv, c, marks) as report:
             workload(c, 12, marks)
-            # WAIT counts the follower once it acknowledged -- it acknowledges sealed offsets only.
-            assert c.wait(2, 30_000) == 2  # the real replica and the follower
-            wait_window_end(renv, marks[-1][0])
-        finally:
-            report = stop_follower(f)
     assert report["slices"] >= 2 and report["commands"] > 12 * 5
     # Early: 'temp' alive with what it had left; late: 'temp' expired (not resurrected), 'ext' alive.
     for idx, tag in ((2, "early"), (8, "late"), (11, "last")):
@@ -133,20 +143,14 @@ def test_follow_point_in_time_between_commands(renv: RedisEnv):  # noqa: F811
 def test_dropped_link_resumes_without_gap_and_full_resync_starts_new_chain(renv: RedisEnv):  # noqa: F811
     with renv.primary.client() as c:
         c.set("counter", 0)
-        f = start_follower(renv)
         marks: list[tuple[datetime, dict]] = []
-        try:
-            wait_following(c, renv)
+        with following(renv, c, marks) as report:
             workload(c, 4, marks)
             killed = c.client_kill_filter(_type="replica")
             assert killed >= 1
             workload(c, 4, marks)  # written while the follower reconnects with PSYNC
             wait_following(c, renv)
             workload(c, 3, marks)
-            assert c.wait(2, 30_000) == 2  # the real replica and the follower
-            wait_window_end(renv, marks[-1][0])
-        finally:
-            report = stop_follower(f)
         assert report["partial_resyncs"] >= 1 and report["full_resyncs"] == 0
         assert len(report["chains_started"]) == 1
         got, _ = restored_state(renv, marks[-1][0], "after-drop")
@@ -156,14 +160,8 @@ def test_dropped_link_resumes_without_gap_and_full_resync_starts_new_chain(renv:
         for i in range(400):
             c.set(f"bulk:{i}", "z" * 1000)
         c.delete(*[f"bulk:{i}" for i in range(400)])
-        f = start_follower(renv)
-        try:
-            wait_following(c, renv)
+        with following(renv, c, marks) as report:
             workload(c, 3, marks)
-            assert c.wait(2, 30_000) == 2  # the real replica and the follower
-            wait_window_end(renv, marks[-1][0])
-        finally:
-            report = stop_follower(f)
     assert report["full_resyncs"] == 1 and len(report["chains_started"]) == 1
     listing = json.loads(renv.drkit("list", "cache", "--json").stdout)[0]
     assert len(listing["chains"]) == 2
@@ -177,15 +175,9 @@ def test_follow_restore_without_start_and_into_instance(renv: RedisEnv, mode: st
     with renv.primary.client() as c:
         c.set("counter", 0)
         c.set("ext", "kept", px=15_000)
-        f = start_follower(renv)
         marks: list[tuple[datetime, dict]] = []
-        try:
-            wait_following(c, renv)
+        with following(renv, c, marks):
             workload(c, 5, marks)
-            assert c.wait(2, 30_000) == 2  # the real replica and the follower
-            wait_window_end(renv, marks[-1][0])
-        finally:
-            stop_follower(f)
     t, expected = marks[3]
     expected = {k: v for k, v in expected.items() if k != b"temp"}  # 2.5 s TTL: may run out meanwhile
     if mode == "dir":
