@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -31,12 +31,18 @@ class RedisDumper(Dumper):
         return parse_options(self.source.name, options)
 
     def backup(self, repo: Repository, backup_type: str) -> Manifest:
+        if backup_type not in ("full", "incremental"):
+            raise ConfigError(f"unknown backup type {backup_type!r} for redis (full, incremental)")
+        if self.options.data_dir:  # node-local: AOF rewrite + increments when the server runs AOF
+            from .aofbackup import aof_enabled, aof_full, aof_incremental
+
+            if aof_enabled(self.options):
+                return (aof_full if backup_type == "full" else aof_incremental)(repo, self.source.name, self.options)
         if backup_type == "incremental":
             raise ConfigError(
-                "Redis incrementals are the recorded replication stream: run 'drkit redis follow "
-                f"{self.source.name}' as a long-running service (see docs/redis.md)")
-        if backup_type != "full":
-            raise ConfigError(f"unknown backup type {backup_type!r} for redis (full; incrementals: redis follow)")
+                f"incrementals of Redis source {self.source.name}: either node-local AOF increments (set data_dir "
+                "and run the server with appendonly yes, aof-timestamp-enabled yes), or the recorded replication "
+                f"stream: run 'drkit redis follow {self.source.name}' as a long-running service (see docs/redis.md)")
         from .full import full_backup
 
         return full_backup(repo, self.source.name, self.options)
@@ -59,6 +65,10 @@ class RedisDumper(Dumper):
         chains = self._chains(repo)
         if request.backup_id:
             found = [c for c in chains if c.base.id == request.backup_id]
+            for c in chains:  # an AOF incremental: its chain, as of the end it covers
+                for piece in c.slices:
+                    if piece.name == request.backup_id and request.point_in_time is None:
+                        return c, _dt_ms(int(piece.metadata["last_ts_ms"]))
             if not found:
                 repo.get_manifest(request.backup_id, self.source.name)  # BackupNotFound if absent
                 raise BackupNotFound(f"backup {request.backup_id} is not a full Redis snapshot")
@@ -88,10 +98,15 @@ class RedisDumper(Dumper):
         chain, at = self._plan(repo, request)
         base = chain.base
         snap = snapshot_time(base)
-        slices = chain.slices_until(at) if at > snap else []
+        # An AOF base is the state at its fork: the commands up to the end of that second are replayed.
+        slices = chain.slices_until(at) if at > snap or chain.aof else []
+        slices = [s for s in slices if s.metadata.get("commands")]
         phases = {"plan": time.monotonic() - t0}
         details: dict[str, Any] = {"restored_to": iso(at), "base_snapshot": iso(snap), "chain": chain.name,
                                    "slices_replayed": len(slices)}
+        if chain.aof:
+            details["resolution"] = ("AOF mode: 1 s; the commands of every whole second that ended by the point in "
+                                     "time are restored")
         now = int(time.time() * 1000)
         if slices:  # base far in the future, replay, then settle TTLs relative to T (see replay.py)
             from .replay import replay_shift
@@ -150,6 +165,10 @@ class RedisDumper(Dumper):
         from .cli import redis_group
 
         return redis_group
+
+
+def _dt_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _ms(t: datetime) -> int:

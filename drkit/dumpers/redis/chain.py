@@ -2,7 +2,9 @@
 
 A plain snapshot (``backup --type full``) restores to its own time only.  A *chain* is a base
 snapshot taken by ``drkit redis follow`` plus its slices, contiguous in replication offsets from
-the base's offset.  Within one follower connection ("session"), receipt times are accurate once
+the base's offset -- or, in node-local AOF mode, an AOF BASE plus the incrementals that shipped its
+INCR bytes (offsets count the bytes shipped; their times are the server's ``#TS`` annotations, so
+the whole chain is one interval, see :mod:`.aofbackup`).  Within one follower connection ("session"), receipt times are accurate once
 the backlog sent at connect has drained (``caught_up_ms``), so a session contributes the
 interval [caught up, last receipt]; between sessions (the follower was down, then resumed with
 PSYNC) the commands are all there but their times are not, so that stretch is a gap in the
@@ -34,6 +36,11 @@ class Chain:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def aof(self) -> bool:
+        """A node-local AOF chain (1 s resolution; see :mod:`.aof`)."""
+        return self.base.metadata.get("method") == "aof-rewrite"
+
+    @property
     def name(self) -> str:
         return str(self.base.metadata.get("chain") or self.base.id)
 
@@ -46,8 +53,12 @@ class Chain:
 
 
 def build_chains(manifests: list[Manifest], records: list[LogRecord]) -> list[Chain]:
+    """Chains from full manifests plus their pieces: follower slices (log records) and AOF
+    incrementals (manifests of type ``incremental``, one stream each)."""
     by_chain: dict[str, list[LogRecord]] = {}
-    for r in records:
+    pieces = list(records) + [LogRecord(m.source, m.id, m.streams[0], m.metadata) for m in manifests
+                              if m.type == "incremental" and m.metadata.get("chain") and m.streams]
+    for r in pieces:
         if r.metadata.get("chain"):
             by_chain.setdefault(r.metadata["chain"], []).append(r)
     chains = []

@@ -108,7 +108,7 @@ def chain_slices(records: list[LogRecord], chain: str) -> list[LogRecord]:
 
 def resume_position(repo: Repository, source: str) -> Position | None:
     """Where the newest chain of ``source`` ends (base offset, or the last sealed slice's end)."""
-    bases = [m for m in repo.list_manifests(source) if m.metadata.get("chain")]
+    bases = [m for m in repo.list_manifests(source) if m.metadata.get("method") == "follow"]
     if not bases:
         return None
     base = max(bases, key=lambda m: m.metadata["snapshot_time"])

@@ -21,6 +21,7 @@ from drkit.repository import Repository
 from drkit.repository.manifest import LogRecord
 from drkit.repository.reader import open_stream
 
+from .aof import iter_aof
 from .replication import ReplicationLink, ReplyError
 from .stream import LINK_ONLY, encode_command, iter_frames, parse_command, shift_times
 
@@ -61,7 +62,9 @@ def replay(repo: Repository, source: str, slices: list[LogRecord], link: Replica
     where = "start"
     for rec in slices:
         with open_stream(repo, rec.stream) as reader:
-            for ts, raw in iter_frames(reader, rec.name):
+            frames = (iter_aof(reader, rec.name, rec.metadata.get("ts_at_start_ms"))
+                      if rec.metadata.get("format") == "aof" else iter_frames(reader, rec.name))
+            for ts, raw in frames:
                 if ts > at_ms:
                     applied += _send_batch(link, batch, where)
                     return {"commands_replayed": applied, "link_commands_skipped": link_only,
