@@ -46,7 +46,8 @@ def wait_following(c: redis.Redis, env: RedisEnv | None = None, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = c.info("replication")
-        if any(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave")):
+        # The fixture's real replica is one; the follower is the second.
+        if sum(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave")) >= 2:
             return
         time.sleep(0.1)
     raise AssertionError(f"follower never came online: {info}")
@@ -118,6 +119,9 @@ def test_follow_point_in_time_between_commands(renv: RedisEnv):  # noqa: F811
         c.set("counter", 0)
         marks: list[tuple[datetime, dict]] = []
         with following(renv, c, marks) as report:
+            # One follower per source: a second one is refused, naming the first.
+            second = renv.drkit("redis", "follow", "cache", "--duration", "5", check=False)
+            assert second.returncode == 6 and "already running" in second.stderr, second.stderr
             workload(c, 12, marks)
     assert report["slices"] >= 2 and report["commands"] > 12 * 5
     # Early: 'temp' alive with what it had left; late: 'temp' expired (not resurrected), 'ext' alive.
@@ -253,7 +257,7 @@ def test_idle_primary_window_still_advances(renv: RedisEnv):  # noqa: F811
         c.set("k", "v")
         f = start_follower(renv)
         try:
-            wait_following(c)
+            wait_following(c, renv)
             time.sleep(2)
             t = datetime.now(UTC)
             entry = wait_window_end(renv, t + timedelta(seconds=2), timeout=30)

@@ -29,7 +29,8 @@ def follow_cmd(app, source: str, slice_seconds: float | None, duration: float | 
     with PSYNC (no gap) or, if the primary cannot continue, a new chain starts from a new
     snapshot (logged as FULL RESYNC). SIGTERM seals the current slice and exits 0. Only offsets
     sealed in the repository are acknowledged, so 'WAIT 1 <ms>' on the primary means "in the
-    backup". Run one follower per source.
+    backup". One follower per source: a second one is refused (exit 6) while the first holds
+    its lease in the repository.
     """
     from drkit import ops
     from drkit.dumpers import dumper_for

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drkit.errors import DrkitError, SourceError
-from drkit.repository import Manifest, Repository
+from drkit.repository import Manifest, Repository, leases
 from drkit.repository.manifest import LogRecord, utcnow
 
 from .full import ForkClock, commit_snapshot, server_facts
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_SLICE_BYTES = 64 << 20
 ACK_EVERY = 1.0
 BACKOFF_MAX = 30.0
+LEASE_MIN = 60.0  # seconds a dead follower's lease blocks another (3 slices if longer)
 
 
 def chain_id(snapshot: datetime, replid: str, offset: int) -> str:
@@ -234,12 +235,28 @@ class Follower:
         if int(version.split(".")[0]) < 7:
             raise SourceError(f"redis follow needs Redis >= 7.0 (it relies on expiries being replicated as "
                               f"absolute times); {self.opts.url} runs {version}. Take full backups instead.")
+        # One follower per source: a second one is refused (exit 6) while this one's lease is live.
+        self.lease = leases.acquire(self.repo, "follow", self.source, max(LEASE_MIN, 3 * self.slice_seconds),
+                                    f"'drkit redis follow {self.source}'")
+        self._renewed = time.monotonic()
+        try:
+            return self._run(duration)
+        finally:
+            leases.release(self.repo, self.lease)
+
+    def _renew(self) -> None:
+        if time.monotonic() - self._renewed >= self.lease.ttl / 4:
+            leases.renew(self.repo, self.lease)
+            self._renewed = time.monotonic()
+
+    def _run(self, duration: float | None) -> FollowReport:
         self.pos = resume_position(self.repo, self.source)
         if self.pos is not None:
             self.sealed_offset = self.pos.offset
         deadline = time.monotonic() + duration if duration else None
         backoff = 1.0
         while not self.stop.is_set():
+            self._renew()
             try:
                 link = self._connect()
             except SourceError as exc:
@@ -287,6 +304,7 @@ class Follower:
                     # An empty slice is not stored: its caught-up mark (unless a heartbeat took it)
                     # moves on to the next one.
                     sl = _Slice(self.pos.offset, sl.caught_up_ms if sl.commands == 0 else None, session)
+                self._renew()
                 if time.monotonic() - last_ack >= ACK_EVERY:
                     link.send("REPLCONF", "ACK", self.sealed_offset)
                     last_ack = time.monotonic()
