@@ -577,7 +577,15 @@ def main() -> int:
                 out_nl = json.loads(m.stdout)
                 assert out_nl["metadata"]["method"] == "local", out_nl["metadata"]
                 r["drkit_full_node_local"] = vars(m) | {"stdout": "", "stored_bytes": out_nl["stored_bytes"],
-                                                        "stream_bytes": out_nl["size"]}
+                                                        "stream_bytes": out_nl["size"],
+                                                        "chunks_new": out_nl["metadata"].get("chunks_new")}
+                # ... and a second node-local full of the unchanged database (dedup in this mode).
+                m = measure("drkit 2nd full node-local", drkit_cmd(cfg_nl, "backup", SOURCE, "--json"))
+                out_nl2 = json.loads(m.stdout)
+                r["drkit_second_full_node_local"] = vars(m) | {
+                    "stdout": "", "stored_bytes": out_nl2["stored_bytes"],
+                    "chunks_new": out_nl2["metadata"].get("chunks_new"),
+                    "chunks_reused": out_nl2["metadata"].get("chunks_reused")}
                 shutil.rmtree(repo_nl)
 
             # drkit, S3 (moto): a fresh bucket each round.
@@ -678,6 +686,7 @@ def summarize(results: dict) -> dict:
     names = [("drkit_full", "drkit full, local repo"),
              ("drkit_full_node_local", "drkit full node-local (data_dir), local repo"), ("drkit_full_s3", "drkit full, S3 (moto)"),
              ("drkit_second_full", "drkit 2nd full (unchanged DB)"),
+             ("drkit_second_full_node_local", "drkit 2nd full node-local (unchanged DB)"),
              ("pipeline", "pg_basebackup -Ft -X fetch \\| zstd -3 -T2"), ("pgbackrest_full", "pgBackRest full"),
              ("drkit_restore", "drkit restore (lay-down)"), ("pgbackrest_restore", "pgBackRest restore"),
              ("pipeline_restore", "zstd -d \\| tar -x")]
@@ -708,6 +717,12 @@ def summarize(results: dict) -> dict:
     ratios["drkit_full_node_local / pipeline"] = ratio("drkit_full_node_local", "pipeline")
     ratios["drkit_full_node_local / pgbackrest_full (CPU s)"] = ratio("drkit_full_node_local", "pgbackrest_full", "cpu")
     ratios["drkit_full / pgbackrest_full (CPU s)"] = ratio("drkit_full", "pgbackrest_full", "cpu")
+    for a in ("drkit_full_node_local", "drkit_full"):  # per round: robust to load that hit one round
+        for f in ("seconds", "cpu_seconds"):
+            pairs = [round(r[a][f] / r["pgbackrest_full"][f], 2) for r in rounds
+                     if a in r and "pgbackrest_full" in r and r["pgbackrest_full"][f]]
+            if pairs:
+                ratios[f"{a} / pgbackrest_full per round ({'wall' if f == 'seconds' else 'CPU s'})"] = pairs
     ratios["drkit_full_s3 / pgbackrest_full"] = ratio("drkit_full_s3", "pgbackrest_full")
     ratios["drkit_full_s3 / pipeline"] = ratio("drkit_full_s3", "pipeline")
     ratios["drkit_restore / pgbackrest_restore"] = ratio("drkit_restore", "pgbackrest_restore")
@@ -718,12 +733,21 @@ def summarize(results: dict) -> dict:
             / (med["pgbackrest_restore"]["seconds"] + med["pgbackrest_restore"]["sync"]), 2)
     second = median([r["drkit_second_full"]["stored_bytes"] / r["drkit_full"]["stored_bytes"] for r in rounds])
     ratios["drkit 2nd full stored bytes / 1st"] = round(second, 4)
+    if any("drkit_second_full_node_local" in r for r in rounds):
+        ratios["drkit 2nd full node-local stored bytes / 1st"] = round(median(
+            [r["drkit_second_full_node_local"]["stored_bytes"] / r["drkit_full_node_local"]["stored_bytes"]
+             for r in rounds if "drkit_second_full_node_local" in r]), 4)
     sizes = {
         "drkit_stored_bytes": median([r["drkit_full"]["stored_bytes"] for r in rounds]),
         "drkit_stream_bytes": median([r["drkit_full"]["stream_bytes"] for r in rounds]),
         "drkit_second_stored_bytes": median([r["drkit_second_full"]["stored_bytes"] for r in rounds]),
         "pipeline_bytes": median([r["pipeline"]["bytes"] for r in rounds]),
     }
+    if any("drkit_full_node_local" in r for r in rounds):
+        sizes["drkit_node_local_stored_bytes"] = median([r["drkit_full_node_local"]["stored_bytes"] for r in rounds
+                                                         if "drkit_full_node_local" in r])
+        sizes["drkit_node_local_chunks"] = median([r["drkit_full_node_local"].get("chunks_new") or 0 for r in rounds
+                                                   if "drkit_full_node_local" in r])
     if any("pgbackrest_full" in r for r in rounds):
         sizes["pgbackrest_repo_bytes"] = median([r["pgbackrest_full"]["repo_bytes"] for r in rounds
                                                  if "pgbackrest_full" in r])

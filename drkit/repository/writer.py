@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING
 
@@ -66,7 +66,8 @@ class WriteSession:
         self.chunks_reused = 0
         self._closed = False
         cdc = repo.chunker
-        self._cdc = FastCDC(cdc["avg"], min_size=cdc["min"], max_size=cdc["max"], seed=self.keys.chunker_seed)
+        #: The repository's keyed content-defined chunker (its cut points depend on the key).
+        self.cdc = FastCDC(cdc["avg"], min_size=cdc["min"], max_size=cdc["max"], seed=self.keys.chunker_seed)
 
     # -- chunks -----------------------------------------------------------------------------
     def _seen(self, blob_id: str) -> Location | None:
@@ -96,25 +97,44 @@ class WriteSession:
         self, name: str, reader: IO[bytes], meta: dict | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> StreamRef:
-        """Chunk and store everything ``reader`` yields until EOF; return the stream's reference."""
-        chunks: list[list[object]] = []
+        """Chunk (FastCDC) and store everything ``reader`` yields until EOF; return its reference."""
+        return self.write_chunks(name, (bytes(c.data) for c in self.cdc.cut_stream(reader)), meta, progress)
+
+    def write_chunks(
+        self, name: str, chunks: Iterable[bytes | bytearray], meta: dict | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> StreamRef:
+        """Store a stream that the caller has already cut into chunks (in order).
+
+        Where a stream is cut is the writer's choice (readers only concatenate the chunks), but
+        dedup needs the same bytes to be cut the same way every time: callers cut with
+        :attr:`cdc` or at positions that depend only on the content (e.g. file offsets).  Each
+        chunk must be at most ``cdc.max_size`` bytes (the memory bound) and must not be modified
+        after it is handed over (worker threads read it).
+        """
+        refs: list[list[object]] = []
         window: deque[Future[Prepared]] = deque()
         max_inflight = 2 * self.workers + 2
         size = 0
         known = _MergedView(self._new, self.known)
-        for chunk in self._cdc.cut_stream(reader):
-            data = bytes(chunk.data)
-            size += len(data)
+        limit = self.cdc.max_size
+        for data in chunks:
+            n = len(data)
+            if not n:
+                continue
+            if n > limit:
+                raise DrkitError(f"internal error: a {n}-byte chunk is larger than the {limit}-byte maximum")
+            size += n
             window.append(self._pool.submit(prepare, self.keys, data, self.level, known))
             if len(window) >= max_inflight:
-                chunks.append(self._add(window.popleft().result()))
+                refs.append(self._add(window.popleft().result()))
                 if progress:
                     progress(size)
             crashpoints.hit("write_stream.chunk")
         while window:
-            chunks.append(self._add(window.popleft().result()))
-        digest = self.keys.stream_digest([str(c[0]) for c in chunks], size)
-        return StreamRef(name=name, size=size, digest=digest, chunks=chunks, meta=meta or {})
+            refs.append(self._add(window.popleft().result()))
+        digest = self.keys.stream_digest([str(c[0]) for c in refs], size)
+        return StreamRef(name=name, size=size, digest=digest, chunks=refs, meta=meta or {})
 
     # -- packs ------------------------------------------------------------------------------
     def _flush_pack(self) -> None:
@@ -129,9 +149,11 @@ class WriteSession:
         self._upload_slots.acquire()
         self._pending = [f for f in self._pending if not f.done() or f.exception()]
         self._raise_failed()
-        self._pending.append(self._uploads.submit(self._upload, pack_id, bytes(body)))
+        # The bytearray itself: nothing writes to it any more (self._buf is a new one), and
+        # storage backends take any bytes-like object; saves a pack-sized copy.
+        self._pending.append(self._uploads.submit(self._upload, pack_id, body))
 
-    def _upload(self, pack_id: str, data: bytes) -> None:
+    def _upload(self, pack_id: str, data: bytes | bytearray) -> None:
         try:
             crashpoints.hit("pack.before_upload")
             self.repo.storage.put(pack_key(pack_id), data)

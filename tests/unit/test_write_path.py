@@ -237,3 +237,168 @@ def test_file_that_shrinks_while_read_is_padded_and_one_that_grows_is_cut(tmp_pa
     extract(iter([bytes(data)]), out)
     assert (out / "base/5/1").read_bytes() == b"a" * 5000 + bytes(15000)
     assert (out / "base/5/2").read_bytes() == b"b" * 20000
+
+
+# ---- node-local chunking: file contents cut at file offsets, the rest content-defined ----------
+
+def _small_cdc():
+    from pyfastcdc.cy import FastCDC
+
+    return FastCDC(4096, min_size=1024, max_size=16384, seed=12345)
+
+
+def _chunked(tar, cdc, file_chunk):
+    chunks = [bytes(c) for c in tar.chunks(cdc, file_chunk)]
+    assert all(0 < len(c) <= max(cdc.max_size, file_chunk) for c in chunks)
+    return chunks
+
+
+def _datadir_with_relations(root: Path, n_small: int = 60) -> dict[str, bytes]:
+    files = _fake_datadir(root)
+    big = os.urandom(10 * 65536 + 5000)  # 10 full 64 KiB chunks and a 5000-byte tail
+    (root / "base/5/20000").write_bytes(big)
+    (root / "base/5/20001").write_bytes(os.urandom(3 * 65536))  # an exact multiple: no tail
+    for i in range(n_small):  # > 2 * max_size of small files: the gap is cut as it fills up
+        (root / f"base/5/{30000 + i}").write_bytes(os.urandom(700 + 37 * i))
+    files["base/5/20000"] = big
+    return files
+
+
+def _stop_fn():
+    return lambda: ("0/400100", "START WAL LOCATION: 0/200028\nSTART TIMELINE: 1\n", "")
+
+
+def _tar(src):
+    from drkit.dumpers.postgres.localbackup import _DataDirTar
+
+    tar = _DataDirTar(src, SEG, SYSID, "0/200028", _stop_fn())
+    return tar
+
+
+def _data_offset(stream: bytes, name: str) -> int:
+    """Offset of ``name``'s contents in a tar stream (ustar names fit in the header)."""
+    pos = 0
+    while pos < len(stream):
+        hdr = stream[pos : pos + 512]
+        size = int(hdr[124:136].rstrip(b"\0 ") or b"0", 8)
+        if hdr[:100].rstrip(b"\0").decode() == name:
+            return pos + 512
+        pos += 512 + (size + 511) // 512 * 512
+    raise AssertionError(f"{name} not in the stream")
+
+
+def test_chunks_are_the_same_bytes_as_the_stream_and_cut_at_file_offsets(tmp_path):
+    from drkit.dumpers.postgres.untar import extract
+
+    src = tmp_path / "pgdata"
+    files = _datadir_with_relations(src)
+    cdc, fc = _small_cdc(), 65536
+    tar = _tar(src)
+    chunks = _chunked(tar, cdc, fc)
+    assert tar.result is not None and tar.result.stop_lsn == "0/400100"
+    stream = b"".join(chunks)
+    assert stream == _read_all(_tar(src), 1 << 20)  # same stream as readinto (pg_basebackup's layout)
+    out = tmp_path / "out"
+    out.mkdir()
+    extract(iter([stream]), out)
+    assert (out / "base/5/20000").read_bytes() == files["base/5/20000"]
+
+    bounds, pos = set(), 0
+    for c in chunks:
+        pos += len(c)
+        bounds.add(pos)
+    for name, size in (("base/5/20000", 10 * 65536 + 5000), ("base/5/20001", 3 * 65536),
+                       ("pg_wal/000000010000000000000003", SEG)):
+        start = _data_offset(stream, name)
+        full = size - size % fc
+        # A chunk ends right before the contents and at every file_chunk multiple inside them.
+        assert {start + k * fc for k in range(full // fc + 1)} <= bounds, name
+    # The many small files went through the content-defined chunker: no chunk over max_size,
+    # and not one chunk per file.
+    small = [c for c in chunks if len(c) != fc]
+    assert len(small) < 60 and max(len(c) for c in small) <= cdc.max_size
+
+
+def test_gap_cut_in_pieces_equals_one_cut():
+    from drkit.dumpers.postgres.localbackup import _cdc_cut
+
+    cdc = _small_cdc()
+    data = os.urandom(200_000)
+    whole = [bytes(c) for c in _cdc_cut(cdc, bytearray(data), final=True)]
+    gap, pieces = bytearray(), []
+    for i in range(0, len(data), 7_000):  # fed in pieces, cut whenever it reaches 2 * max_size
+        gap += data[i : i + 7_000]
+        if len(gap) >= 2 * cdc.max_size:
+            pieces += [bytes(c) for c in _cdc_cut(cdc, gap, final=False)]
+    pieces += [bytes(c) for c in _cdc_cut(cdc, gap, final=True)]
+    assert pieces == whole and not gap
+
+
+def test_one_changed_page_changes_one_file_chunk_and_growth_keeps_the_rest(tmp_path):
+    src = tmp_path / "pgdata"
+    _datadir_with_relations(src)
+    cdc, fc = _small_cdc(), 65536
+    before = _chunked(_tar(src), cdc, fc)
+    rel = src / "base/5/20000"
+    mtime = rel.stat().st_mtime_ns
+    with open(rel, "r+b") as fh:  # one 8 kB page in the middle of the file
+        fh.seek(4 * 65536 + 8192)
+        fh.write(os.urandom(8192))
+    os.utime(rel, ns=(mtime, mtime))  # same header: only the contents differ
+    after = _chunked(_tar(src), cdc, fc)
+    assert len(after) == len(before)
+    assert len(set(after) - set(before)) == 1
+    with open(rel, "ab") as fh:  # the relation grows by two pages
+        fh.write(os.urandom(16384))
+    grown = _chunked(_tar(src), cdc, fc)
+    new = set(grown) - set(after)
+    # Its header (size) and its tail change the content-defined chunks around them; its full
+    # chunks are all still there.
+    assert 1 <= len(new) <= 8
+    assert sum(len(c) for c in new) < 0.15 * sum(len(c) for c in grown)
+    assert set(grown) >= {c for c in after if len(c) == fc}
+
+
+def test_chunks_of_a_file_that_shrinks_while_read_are_padded(tmp_path):
+    from drkit.dumpers.postgres.untar import extract
+
+    src = tmp_path / "pgdata"
+    (src / "base/5").mkdir(parents=True)
+    (src / "base/5/1").write_bytes(b"a" * (4 * 65536))
+    (src / "pg_wal").mkdir()
+    (src / "pg_wal/000000010000000000000002").write_bytes(_segment(2))
+    tar = _DataDirTarAt(src)
+    gen = tar.chunks(_small_cdc(), 65536)
+    data = bytearray()
+    while b"a" * 65536 not in data:
+        data += next(gen)
+    os.truncate(src / "base/5/1", 65536 + 100)  # after its first chunk
+    data += b"".join(gen)
+    out = tmp_path / "out"
+    out.mkdir()
+    extract(iter([bytes(data)]), out)
+    assert (out / "base/5/1").read_bytes() == b"a" * (65536 + 100) + bytes(3 * 65536 - 100)
+
+
+def _DataDirTarAt(src):  # noqa: N802 - a constructor
+    from drkit.dumpers.postgres.localbackup import _DataDirTar
+
+    return _DataDirTar(src, SEG, SYSID, "0/200028", lambda: ("0/200100", "START TIMELINE: 1\n", ""))
+
+
+def test_write_chunks_roundtrips_and_refuses_oversized_chunks(tmp_path):
+    from drkit.config import Secret
+    from drkit.errors import DrkitError
+    from drkit.repository import Repository
+    from drkit.repository.keys import SecretWrapper
+    from drkit.storage.local import LocalStorage
+
+    repo = Repository.init(LocalStorage(tmp_path / "repo"), SecretWrapper(Secret("pw pw pw pw"), "t", "key_env"))
+    session = repo.session()
+    parts = [bytearray(os.urandom(1000)), bytearray(b"x" * 70000), bytearray(), bytearray(b"tail")]
+    ref = session.write_chunks("s", iter(parts))
+    assert ref.size == 71004 and len(ref.chunks) == 3
+    with pytest.raises(DrkitError, match="larger than"):
+        session.write_chunks("big", iter([bytearray(session.cdc.max_size + 1)]))
+    session.finish()
+    assert repo.open_stream(ref).read() == b"".join(parts)

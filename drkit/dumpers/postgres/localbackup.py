@@ -73,6 +73,9 @@ _TEMP_REL = re.compile(r"^t\d+_\d+(?:_(?:fsm|vm|init))?(?:\.\d+)?$")
 _TIMELINE_RE = re.compile(r"^START TIMELINE: (\d+)$", re.M)
 _HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
 _READ_MAX = 8 * 1024 * 1024
+#: Chunk size for the contents of large files (relation segments, WAL): a file of at least this
+#: size is cut at multiples of it from its own first byte (1 MiB = 128 pages of 8 kB).
+FILE_CHUNK = 1024 * 1024
 
 
 def local_refusal(opts: PgOptions, facts: dict[str, Any]) -> str | None:
@@ -138,7 +141,8 @@ def local_base_backup(
         tar = _DataDirTar(Path(opts.data_dir), int(facts["segment_size"]), int(facts["system_identifier"]),
                           start_lsn, lambda: _stop(conn, pg15))
         try:
-            ref = session.write_stream("base.tar", tar, meta={"format": "tar"}, progress=progress)
+            ref = session.write_chunks("base.tar", tar.chunks(session.cdc), meta={"format": "tar"},
+                                       progress=progress)
         except PermissionError as exc:
             raise SourceError(
                 f"node-local backup: cannot read {exc.filename}: {exc.strerror} (run drkit as the "
@@ -240,6 +244,63 @@ class _DataDirTar(io.RawIOBase):
                 if self._pos >= len(cur):
                     self._cur = None
         return n
+
+    # -- the stream, cut into chunks ------------------------------------------------------------
+    def chunks(self, cdc: Any, file_chunk: int = FILE_CHUNK) -> Iterator[bytes | bytearray]:
+        """The same bytes as :meth:`readinto` yields, already cut into chunks for the writer.
+
+        The contents of every file of at least ``file_chunk`` bytes are cut at multiples of
+        ``file_chunk`` counted from the start of the file and read straight into each chunk's own
+        buffer (no content-defined chunking pass, no copy).  Data files are arrays of 8 kB
+        pages, so a page written between two backups changes exactly one chunk, and a file that
+        grows or shrinks changes only its last chunks.  Everything between two such runs (tar
+        headers and padding, small files, the last ``size % file_chunk`` bytes of a large file)
+        is collected and cut with the repository's content-defined chunker ``cdc``, restarted
+        after every large file, so cut points depend only on the content either way.
+        """
+        if self._cur is not None:
+            raise ValueError("chunks() must be the only reader of this stream")
+        limit = 2 * cdc.max_size
+        gap = bytearray()
+        for piece in self._pieces:
+            if not isinstance(piece, _File):
+                gap += piece
+            else:
+                cur = self._cur = piece  # closed by close() if the consumer stops early
+                full = cur.size - cur.size % file_chunk if cur.size >= file_chunk else 0
+                if full:
+                    yield from _cdc_cut(cdc, gap, final=True)
+                    while self._pos < full:
+                        yield self._read_file(cur, file_chunk)
+                if self._pos < cur.size:
+                    gap += self._read_file(cur, cur.size - self._pos)
+                os.close(cur.fd)
+                self._cur = None
+                self._pos = 0
+            if len(gap) >= limit:
+                yield from _cdc_cut(cdc, gap, final=False)
+        yield from _cdc_cut(cdc, gap, final=True)
+
+    def _read_file(self, cur: _File, k: int) -> bytes:
+        """The next ``k`` bytes of ``cur`` (zeros past its end if it shrank while being read).
+
+        ``os.read`` reads straight into a new, uninitialised bytes object: one copy from the
+        page cache, no zero-filling, and the chunk is immutable from then on."""
+        data = os.read(cur.fd, k)
+        if len(data) < k:  # rare: a short read, or the end of a file that shrank
+            parts = [data]
+            n = len(data)
+            while n < k:
+                more = os.read(cur.fd, k - n)
+                if not more:  # the file shrank while we read it: zeros, as pg_basebackup does
+                    log.debug("%s shrank while being read; padding with zeros", cur.path)
+                    parts.append(bytes(k - n))
+                    break
+                parts.append(more)
+                n += len(more)
+            data = b"".join(parts)
+        self._pos += k
+        return data
 
     # -- the stream, piece by piece ------------------------------------------------------------
     def _generate(self) -> Iterator[bytes | _File]:
@@ -349,6 +410,23 @@ class _DataDirTar(io.RawIOBase):
             yield from _pad(st.st_size)
         else:
             os.close(fd)
+
+
+def _cdc_cut(cdc: Any, gap: bytearray, *, final: bool) -> Iterator[bytearray]:
+    """Cut chunks off the front of ``gap`` with the content-defined chunker; with ``final`` cut
+    all of it, else only chunks whose cut point cannot depend on bytes not yet in ``gap``
+    (FastCDC looks at most ``max_size`` bytes ahead of a chunk's start)."""
+    if not gap:
+        return
+    done = 0
+    cuts = cdc.cut_buf(gap)  # holds a view of gap: released (del) before gap is resized
+    for c in cuts:
+        if not final and len(gap) - c.offset < cdc.max_size:
+            break
+        yield bytearray(c.data)
+        done = c.offset + c.length
+    del cuts, c
+    del gap[:done]
 
 
 def _unlogged_relfilenodes(names: list[str]) -> set[str]:
