@@ -14,7 +14,11 @@ Per round (interleaved; ``sync`` before each; page cache warm):
 - baseline backup: ``redis-cli --rdb FILE`` then ``zstd -3 -T1 FILE`` (both timed together);
 - drkit ``backup cache`` (remote PSYNC mode) into a fresh local repository;
 - baseline restore: ``zstd -d FILE.zst -o DIR/dump.rdb``;
-- drkit ``restore cache --backup ID --target-dir DIR`` (TTL-rewriting lay-down, no start).
+- drkit ``restore cache --backup ID --target-dir DIR`` (TTL-rewriting lay-down, no start), with the
+  native RDB scanner when it is built (``native_rdb_scanner`` in the results says);
+- the same restore forced onto the pure-Python rewrite path (``DRKIT_RDB_NATIVE=0``);
+- the repository read alone: the stored RDB stream fetched, decrypted, decompressed and verified
+  into nothing (this script's ``--read-only``), i.e. the restore without the rewrite and the write.
 
 Then once: ``drkit redis follow`` with 1 s slices while ``redis-benchmark -t set -P 16`` loads the
 primary; the lag is the primary's replication offset minus the offset the follower has
@@ -126,6 +130,21 @@ def follower_lag(root: Path, cfg: Path, inst, requests: int) -> dict:
         f.wait(120)
 
 
+def read_only(cfg: Path, backup_id: str) -> None:
+    """Read the backup's RDB stream from the repository and discard it (the restore's input side)."""
+    from drkit.config import load_config
+    from drkit.dumpers.redis.full import STREAM
+    from drkit.ops import open_repository
+    from drkit.repository.reader import open_stream
+
+    repo = open_repository(load_config(cfg))
+    n, buf = 0, bytearray(1 << 22)
+    with open_stream(repo, repo.get_manifest(backup_id).stream(STREAM)) as src:
+        while k := src.readinto(buf):
+            n += k
+    print(json.dumps({"bytes": n}))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keys", type=int, default=9_000_000)
@@ -133,13 +152,20 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/drkit-bench-redis"))
     ap.add_argument("--lag-requests", type=int, default=2_000_000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--read-only", nargs=2, metavar=("CONFIG", "BACKUP_ID"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.read_only:
+        read_only(Path(args.read_only[0]), args.read_only[1])
+        return 0
+    from drkit.dumpers.redis.rdb import native_available
+
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     inst = start_redis(args.work / "redis", settings={"repl-backlog-size": "256mb",
                                                       "client-output-buffer-limit": "replica 0 0 0"})
-    results: dict = {"machine": machine_facts(), "keys": args.keys, "rounds": []}
+    results: dict = {"machine": machine_facts(), "keys": args.keys, "native_rdb_scanner": native_available(),
+                     "rounds": []}
     try:
         t = time.monotonic()
         with inst.client(socket_timeout=3600) as c:
@@ -167,22 +193,30 @@ def main() -> int:
             zr = measure("zstd -d", ["zstd", "-d", "-q", "-f", f"{rdb}.zst", "-o", str(rd / "zr" / "dump.rdb")])
             dr = measure("drkit restore (dir)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",
                                                  backup["id"], "--target-dir", str(rd / "dr"), "--json"])
+            ro = measure("drkit repository read only", [sys.executable, __file__, "--read-only", str(cfg), backup["id"]])
+            dp = measure("drkit restore (dir, Python)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",
+                                                        backup["id"], "--target-dir", str(rd / "dp"), "--json"],
+                         env={**os.environ, "DRKIT_RDB_NATIVE": "0"})
             results["rounds"].append({
                 "rdb_bytes": rdb.stat().st_size, "zst_bytes": Path(f"{rdb}.zst").stat().st_size,
                 "drkit_stored_bytes": backup["stored_bytes"],
                 **{m.label: {"s": round(m.seconds, 2), "cpu_s": round(m.cpu_seconds, 2),
-                             "peak_rss_mb": round(m.peak_rss_mb, 1), **m.extra} for m in (base, dk, zr, dr)}})
+                             "peak_rss_mb": round(m.peak_rss_mb, 1), **m.extra} for m in (base, dk, zr, dr, ro, dp)}})
             for p in (rdb, Path(f"{rdb}.zst")):
                 p.unlink()
             shutil.rmtree(rd / "zr")
             shutil.rmtree(rd / "dr")
-        labels = ["redis-cli --rdb + zstd -3", "drkit backup (psync)", "zstd -d", "drkit restore (dir)"]
+            shutil.rmtree(rd / "dp")
+        labels = ["redis-cli --rdb + zstd -3", "drkit backup (psync)", "zstd -d", "drkit restore (dir)",
+                  "drkit repository read only", "drkit restore (dir, Python)"]
         summary = {lb: {"median_s": median([x[lb]["s"] for x in results["rounds"]]),
                         "median_cpu_s": median([x[lb]["cpu_s"] for x in results["rounds"]]),
                         "max_peak_rss_mb": max(x[lb]["peak_rss_mb"] for x in results["rounds"])} for lb in labels}
         summary["backup_ratio"] = round(summary["drkit backup (psync)"]["median_s"]
                                         / summary["redis-cli --rdb + zstd -3"]["median_s"], 2)
-        summary["restore_ratio"] = round(summary["drkit restore (dir)"]["median_s"] / summary["zstd -d"]["median_s"], 2)
+        for key, label in (("restore_ratio", "drkit restore (dir)"), ("read_only_ratio", "drkit repository read only"),
+                           ("python_restore_ratio", "drkit restore (dir, Python)")):
+            summary[key] = round(summary[label]["median_s"] / summary["zstd -d"]["median_s"], 2)
         results["summary"] = summary
         print(json.dumps(summary, indent=1), flush=True)
         lag_cfg = args.work / "r0" / "drkit.yaml"

@@ -54,7 +54,11 @@ PACKAGES=(
   util-linux            # runuser: the sandbox starts servers as the postgres user
   redis-server          # Redis 7 (7.0 on Debian 12): dumper + sandbox
   redis-tools           # redis-cli, redis-check-aof/rdb, redis-benchmark
+  python3-dev           # Python headers: drkit's optional C extension (drkit/dumpers/redis/_rdbscan.c)
 )
+# A C compiler for that extension (setup.py); without one drkit installs and runs on the slower
+# pure-Python path.
+command -v cc >/dev/null 2>&1 || PACKAGES+=(build-essential)
 # Java 17 + Maven for the Cassandra sandbox (Cassandra 5.0 runs on 11 or 17 only): from the OS
 # packages unless a java/mvn is already on PATH (e.g. a JDK installed by other means).
 command -v java >/dev/null 2>&1 || PACKAGES+=(openjdk-17-jre-headless)
@@ -123,16 +127,18 @@ pip_install() {  # quiet unless it fails; the full output stays in $PIP_LOG
 # Editable when the postgres user can read the checkout (then code edits need no re-install);
 # otherwise a regular install, redone on every run.
 stamp="$DRKIT_VENV/.drkit-install-stamp"
-want_stamp="$(cat "$REPO/pyproject.toml" <("$DRKIT_VENV/bin/python" -V) | sha256sum | cut -d' ' -f1) $REPO"
+# setup.py and the C sources count too: an editable install builds the extension in place once.
+want_stamp="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO"/drkit/dumpers/redis/*.c <("$DRKIT_VENV/bin/python" -V) \
+  | sha256sum | cut -d' ' -f1) $REPO"
 repo_readable=1
 as_pg test -r "$REPO/pyproject.toml" 2>/dev/null || repo_readable=0
 
 if [[ $repo_readable -eq 1 ]]; then
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] \
-     && "$DRKIT_VENV/bin/python" -c 'import drkit, pytest' 2>/dev/null; then
+     && (cd / && "$DRKIT_VENV/bin/python" -c 'import drkit, pytest, drkit.dumpers.redis._rdbscan') 2>/dev/null; then
     say "drkit already installed (editable) from $REPO"
   else
-    say "pip install -e $REPO[test] (pyproject.toml changed or first run)"
+    say "pip install -e $REPO[test] (pyproject.toml, setup.py or a C source changed, or first run)"
     pip_install -e "$REPO[test]"
     echo "$want_stamp" | "${SUDO[@]}" tee "$stamp" >/dev/null
   fi

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from drkit.dumpers.redis import rdb as rdb_mod
 from drkit.dumpers.redis import rdb_types
 from drkit.dumpers.redis.rdb import (
     Aux,
@@ -22,6 +27,7 @@ from drkit.dumpers.redis.rdb import (
     ValidatingReader,
     crc64,
     iter_records,
+    native_available,
     restore_payload,
     rewrite,
 )
@@ -355,3 +361,266 @@ def test_rewrite_refuses_corrupt_input() -> None:
     bad = SAMPLE[:20] + bytes([SAMPLE[20] ^ 0x40]) + SAMPLE[21:]
     with pytest.raises(RdbError):
         rewrite(io.BytesIO(bad), io.BytesIO(), at_ms=0, now_ms=0)
+
+
+# -- native fast path of rewrite(): byte-identical to the Python path ------------------------
+#
+# Without the extension (a build without a C compiler) these tests still run, over the Python
+# path alone; DRKIT_REQUIRE_NATIVE=1 makes test_native_extension_is_built insist on it.
+
+NATIVE = native_available()
+
+
+def run_rewrite(data: bytes, native: bool, **kw) -> tuple[bytes, object]:
+    """(output, stats) of rewrite(), or (partial output, (exception class, message, offset, key))."""
+    out = io.BytesIO()
+    try:
+        stats = rewrite(io.BytesIO(data), out, native=native, **kw)
+    except (RdbError, struct.error) as exc:
+        return out.getvalue(), (type(exc), str(exc), getattr(exc, "offset", None), getattr(exc, "redis_key", None))
+    return out.getvalue(), stats
+
+
+def same_both_ways(data: bytes, **kw) -> tuple[bytes, object]:
+    """rewrite() ``data`` with the Python path and (when built) the native one: same bytes, same outcome."""
+    want = run_rewrite(data, False, **kw)
+    if NATIVE:
+        got = run_rewrite(data, True, **kw)
+        assert got[1] == want[1]
+        assert got[0] == want[0]
+    return want
+
+
+def test_native_extension_is_built() -> None:
+    if os.environ.get("DRKIT_REQUIRE_NATIVE") == "1":
+        assert NATIVE, "DRKIT_REQUIRE_NATIVE=1 but drkit.dumpers.redis._rdbscan is not built (pip install -e .)"
+    if NATIVE:
+        assert rewrite(io.BytesIO(SAMPLE), io.BytesIO(), at_ms=0, now_ms=0, native=True).keys_kept == 11
+    else:
+        with pytest.raises(RuntimeError, match="not built"):
+            rewrite(io.BytesIO(SAMPLE), io.BytesIO(), at_ms=0, now_ms=0, native=True)
+
+
+def test_native_can_be_refused_or_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rdb_mod, "_rdbscan", None)
+    with pytest.raises(RuntimeError, match="not built"):
+        rewrite(io.BytesIO(SAMPLE), io.BytesIO(), at_ms=0, now_ms=0, native=True)
+    out = io.BytesIO()
+    rewrite(io.BytesIO(SAMPLE), out, at_ms=0, now_ms=0)  # default: falls back to Python
+    assert out.getvalue() == SAMPLE
+    assert not rdb_mod._use_native(None, 0, 0)
+    monkeypatch.undo()
+    monkeypatch.setenv("DRKIT_RDB_NATIVE", "0")
+    assert not rdb_mod._use_native(None, 0, 0)
+    assert not rdb_mod._use_native(False, 0, 0)
+    if NATIVE:
+        assert rdb_mod._use_native(True, 0, 0)
+        assert not rdb_mod._use_native(True, 1 << 63, 0)  # beyond int64: the Python path
+
+
+AT, NOW = 1_700_000_000_000, 1_700_000_500_000
+PREFIX_OPS = [b"\xfc", b"\xfd", b"\xf8", b"\xf9"]
+
+
+def prefix_bytes(ops: tuple[bytes, ...], exp_ms: int, idle: int = 300, freq: int = 7) -> bytes:
+    out = b""
+    for op in ops:
+        if op == b"\xfc":
+            out += op + struct.pack("<Q", exp_ms)
+        elif op == b"\xfd":
+            out += op + struct.pack("<i", exp_ms // 1000)
+        elif op == b"\xf8":
+            out += op + enc_len(idle)
+        else:
+            out += op + bytes([freq])
+    return out
+
+
+def test_native_every_prefix_combination() -> None:
+    """Every ordered choice of EXPIRETIME_MS / EXPIRETIME / IDLE / FREQ, with expiries dropped, at the
+    edge and kept, on every value layout; then in one file with windows cut everywhere."""
+    combos = [c for k in range(5) for c in itertools.permutations(PREFIX_OPS, k)]
+    combos += [(b"\xfc", b"\xfc"), (b"\xfd", b"\xfc"), (b"\xf8", b"\xf8", b"\xf9", b"\xf9")]
+    assert len(combos) == 65 + 3
+    body = b"\xfa" + s(b"redis-ver") + s(b"7.2.4") + b"\xfe\x00\xfb\x40\x80\x10"
+    i = 0
+    for combo in combos:
+        for exp in (AT - 5000, AT, AT + 1000, AT + 86_400_000):
+            t, v = VALUES[i % len(VALUES)]
+            body += key(t, b"key%d" % i, v, prefix_bytes(combo, exp, idle=i * 37 % 20000, freq=i % 256))
+            i += 1
+    data = rdb(body + SENTINEL)
+    out, stats = same_both_ways(data, at_ms=AT, now_ms=NOW)
+    assert stats.keys_expired > 0 and stats.keys_with_ttl > 0 and stats.keys_kept + stats.keys_expired == i + 1
+    kept = {e.key: e for e in entries(out)}
+    for e in entries(data):
+        if e.expire_ms is not None and e.expire_ms <= AT:
+            assert e.key not in kept
+        else:
+            got = kept[e.key]
+            assert (got.expire_ms, got.lru_idle, got.lfu_freq, got.value) == (
+                None if e.expire_ms is None else e.expire_ms + NOW - AT, e.lru_idle, e.lfu_freq, e.value)
+    for chunk in (1, 3, 8, 64, 1000):
+        assert same_both_ways(data, at_ms=AT, now_ms=NOW, chunk_size=chunk) == (out, stats)
+
+
+def big_values() -> list[tuple[int, bytes]]:
+    many = [b"e%d" % i for i in range(3000)]
+    return [
+        (0, s(b"x" * 100_000)),
+        (0, b"\x81" + (5000).to_bytes(8, "big") + b"y" * 5000),
+        (0, lzf_str(b"\x1f" + b"z" * 32, 32) * 1),
+        (1, enc_len(3000) + b"".join(s(m) for m in many)),
+        (2, enc_len(3000) + b"".join(s(m) for m in many)),
+        (4, enc_len(1500) + b"".join(s(m) for m in many)),
+        (3, enc_len(3000) + b"".join(s(m) + b"\x031.5" for m in many)),
+        (5, enc_len(3000) + b"".join(s(m) + struct.pack("<d", 2.5) for m in many)),
+        (14, enc_len(3) + s(b"q" * 70_000) + s(b"r" * 300) + s(b"s")),
+        (18, enc_len(2) + enc_len(2) + s(b"lp" * 40_000) + enc_len(1) + s(b"lp2")),
+        (16, s(b"h" * 20_000)),
+    ]
+
+
+def test_native_large_values_span_windows() -> None:
+    body = b"\xfe\x00"
+    for i, (t, v) in enumerate(big_values()):
+        exp = (AT - 1, AT + 1, None)[i % 3]
+        pre = b"" if exp is None else b"\xfc" + struct.pack("<Q", exp)
+        body += key(t, b"big%d" % i, v, pre) + key(0, b"small%d" % i, s(b"v"), b"\xf9\x01")
+    data = rdb(body)
+    want = same_both_ways(data, at_ms=AT, now_ms=NOW)
+    assert want[1].keys_expired == 4
+    for chunk in (1, 100, 4096, 65536):
+        assert same_both_ways(data, at_ms=AT, now_ms=NOW, chunk_size=chunk) == want
+
+
+def test_native_keys_of_every_encoding() -> None:
+    """Int-encoded and LZF keys (good and corrupt), 14-bit and 32-bit key lengths."""
+    lzf_key = lzf_str(b"\x02abc\x80\x02", 9)
+    keys = [b"\xc0\xfb", b"\xc1\xe8\x03", b"\xc2\xa0\x86\x01\x00", lzf_key, enc_len(100) + b"k" * 100,
+            b"\x80" + (3).to_bytes(4, "big") + b"abc", b"\x81" + (2).to_bytes(8, "big") + b"ab"]
+    body = b"\xfe\x00" + b"".join(b"\xfc" + struct.pack("<Q", AT + i) + b"\x00" + k + s(b"v")
+                                  for i, k in enumerate(keys))
+    out, stats = same_both_ways(rdb(body), at_ms=AT, now_ms=NOW)
+    assert stats.keys_kept == len(keys) - 1 and stats.keys_expired == 1
+    bad_lzf = [lzf_str(b"\x02abc\x80\x02", 10), lzf_str(b"\x02abc\x80", 9), lzf_str(b"\x02abc\x80\x09", 9),
+               lzf_str(b"\x05ab", 3), lzf_str(b"\xe0", 2), lzf_str(b"\x00a\x20\x01", 4), b"\xc4xx", b"\xc0"]
+    for k in bad_lzf:
+        for ck in (True, False):
+            data = rdb(b"\xfe\x00" + key(0, b"a", s(b"1")) + b"\x00" + k + s(b"v") + SENTINEL, checksum=ck)
+            for chunk in (4, 1 << 20):
+                assert isinstance(same_both_ways(data, at_ms=AT, now_ms=NOW, chunk_size=chunk)[1], tuple)
+    # The decoder takes a literal run cut short by the end of the data as it is (2 of 6 bytes here).
+    data = rdb(b"\xfe\x00" + b"\x00" + lzf_str(b"\x05ab", 2) + s(b"v") + SENTINEL)
+    assert [e.key for e in entries(same_both_ways(data, at_ms=AT, now_ms=NOW)[0])] == [b"ab", b"after"]
+
+
+def test_native_truncation_at_every_offset() -> None:
+    body = b"\xfe\x00" + b"".join(key(t, b"k%d" % i, v, prefix_bytes(PREFIX_OPS[: i % 5], AT + 1000 * (i % 3 - 1)))
+                                  for i, (t, v) in enumerate(VALUES))
+    data = rdb(body)
+    for cut in range(len(data)):
+        for chunk in (5, 1 << 20):
+            _, err = same_both_ways(data[:cut], at_ms=AT, now_ms=NOW, chunk_size=chunk)
+            assert isinstance(err, tuple) and issubclass(err[0], RdbError), (cut, err)
+
+
+def test_native_corruption_matches_python() -> None:
+    """Every single-byte change: the same error (class, message, offset), or the same output when
+    the file is not checksummed and the change leaves it well-formed."""
+    body = b"\xfe\x00" + b"".join(key(t, b"k%d" % i, v, prefix_bytes(PREFIX_OPS[: i % 5], AT + 1000 * (i % 3 - 1)))
+                                  for i, (t, v) in enumerate(VALUES[:14]))
+    for ck in (True, False):
+        data = rdb(body, checksum=ck)
+        for pos in range(9, len(data) - (8 if ck else 0)):
+            for mask in (0x01, 0x40, 0x80, 0xFF):
+                bad = data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1:]
+                _, res = same_both_ways(bad, at_ms=AT, now_ms=NOW, chunk_size=16)
+                if ck:
+                    assert isinstance(res, tuple)
+
+
+def test_native_expiry_edges() -> None:
+    """Expiries whose shifted value leaves 0..2**64-1 (struct.error, as in the Python path), beyond
+    int64, in seconds before 1970, and shifts backwards."""
+    huge = b"\xfc" + struct.pack("<Q", 2**64 - 1)
+    cases = [(key(0, b"h", s(b"v"), huge), AT, NOW), (key(0, b"h", s(b"v"), huge), AT, AT - 5),
+             (key(0, b"big", s(b"v"), b"\xfc" + struct.pack("<Q", 2**63 + 5)), AT, AT - 10),
+             (key(0, b"neg", s(b"v"), b"\xfd" + struct.pack("<i", -5)), -10_000, 0),
+             (key(0, b"neg", s(b"v"), b"\xfd" + struct.pack("<i", -5)), -10_000, -20_000),
+             (key(0, b"past", s(b"v"), b"\xfc" + struct.pack("<Q", AT + 1)), AT, 0),
+             (key(0, b"edge", s(b"v"), b"\xfc" + struct.pack("<Q", 2**63 - 1)), 0, 1),
+             (key(0, b"edge", s(b"v"), b"\xfc" + struct.pack("<Q", 2**63 - 1)), -1, 0),
+             (key(0, b"edge", s(b"v"), b"\xfc" + struct.pack("<Q", 2**63 - 1)), 2**63 - 2, 2**63 - 1),
+             (key(0, b"k", s(b"v"), b"\xfc" + struct.pack("<Q", 10)), -(2**63), 2**63 - 1),
+             (key(0, b"k", s(b"v"), b"\xfc" + struct.pack("<Q", 10)), 2**70, 2**71)]
+    for rec, at, now in cases:
+        data = rdb(b"\xfe\x00" + key(0, b"a", s(b"1")) + rec + SENTINEL)
+        same_both_ways(data, at_ms=at, now_ms=now)
+
+
+def test_native_scan_argument_checks() -> None:
+    if not NATIVE:
+        return
+    scan = rdb_mod._rdbscan.scan  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        scan(b"abc", 4, 0, bytearray(), 0, 0)
+    with pytest.raises(ValueError):
+        scan(b"abc", 1, 2, bytearray(), 0, 0)
+    with pytest.raises(TypeError):
+        scan(b"abc", 0, 0, b"", 0, 0)
+    with pytest.raises(TypeError):
+        scan(b"abc", 0, 0, bytearray())
+    assert scan(b"", 0, 0, bytearray(), 0, 0) == (~0, 0, 0, 0, 0)
+    # The scanner itself takes every key record of the handled types, whatever its prefixes (so a
+    # change that made it give up early, still byte-identical, would be noticed here).
+    handled = [(t, v) for t, v in VALUES if t not in (15, 19, 21)]
+    combos = [c for k in range(5) for c in itertools.permutations(PREFIX_OPS, k)]
+    body = b"".join(key(t, b"k%d" % i, v, prefix_bytes(combos[i % len(combos)], AT + 1000 * (i % 3 - 1)))
+                    for i, (t, v) in enumerate(handled * 4))
+    data = rdb(body)
+    out = bytearray()
+    nxt, run, kept, expired, with_ttl = scan(data, 9, 0, out, AT, NOW - AT)
+    assert nxt == len(data) - 9 and data[nxt] == 0xFF  # stopped at EOF, not before
+    assert kept + expired == len(handled) * 4 and expired > 0 and with_ttl > 0
+    want, stats = run_rewrite(data, False, at_ms=AT, now_ms=NOW)
+    assert bytes(out) + data[run:nxt] == want[:nxt + len(want) - len(data)]
+    assert (stats.keys_kept, stats.keys_expired, stats.keys_with_ttl) == (kept, expired, with_ttl)
+    assert scan(data[:40], 9, 0, bytearray(), AT, 0)[0] < 0  # an incomplete record
+    assert scan(b"\xfe\x00", 0, 0, bytearray(), 0, 0) == (0, 0, 0, 0, 0)  # SELECTDB: not handled
+
+
+OTHER_RECORDS = [b"\xfa" + s(b"aux") + s(b"val"), b"\xfe\x01", b"\xfe\x00", b"\xfb\x05\x02",
+                 b"\xf5" + s(b"#!lua name=x\n")]
+
+
+@st.composite
+def rdb_files(draw: st.DrawFn) -> bytes:
+    body = b""
+    for i in range(draw(st.integers(0, 25))):
+        kind = draw(st.integers(0, 9))
+        if kind == 0:
+            body += draw(st.sampled_from(OTHER_RECORDS))
+            continue
+        t, v = draw(st.sampled_from(VALUES + big_values()[-3:]))
+        ops = draw(st.lists(st.sampled_from(PREFIX_OPS), max_size=4))
+        exp = AT + draw(st.sampled_from([-86_400_000, -1000, -1, 0, 1, 999, 1000, 3_600_000]))
+        name = draw(st.sampled_from([b"k%d" % i, b"x" * 70, b"k"]))
+        body += key(t, name, v, prefix_bytes(tuple(ops), exp, idle=draw(st.integers(0, 2**32 - 1)),
+                                             freq=draw(st.integers(0, 255))))
+    return rdb(body, version=draw(st.sampled_from([9, 10, 11])), checksum=draw(st.booleans()))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rdb_files(), st.sampled_from([1, 7, 64, 4096, 1 << 22]), st.integers(-3, 3),
+       st.data())
+def test_native_matches_python_on_random_files(data: bytes, chunk: int, shift_s: int, extra: st.DataObject) -> None:
+    out, stats = same_both_ways(data, at_ms=AT, now_ms=AT + shift_s * 1000, chunk_size=chunk)
+    assert not isinstance(stats, tuple)
+    assert len(out) == stats.bytes_out
+    list(iter_records(io.BytesIO(out)))  # a valid RDB
+    cut = extra.draw(st.integers(0, len(data)))
+    flip = extra.draw(st.integers(0, len(data) - 1))
+    same_both_ways(data[:cut], at_ms=AT, now_ms=NOW, chunk_size=chunk)
+    same_both_ways(data[:flip] + bytes([data[flip] ^ extra.draw(st.integers(1, 255))]) + data[flip + 1:],
+                   at_ms=AT, now_ms=NOW, chunk_size=chunk)

@@ -7,8 +7,10 @@
 * :func:`rewrite` copies an RDB, dropping keys already expired at a point in time ``at_ms`` and
   shifting the other expiries by ``now_ms - at_ms``, with a fresh CRC64.
 
-Memory is bounded by the largest single record (value); throughput is dominated by one Python
-iteration per key (plus one per element of non-blob values) and the CRC (anycrc, ~GB/s).
+Memory is bounded by the largest single record (value).  The parser costs one Python iteration
+per record (plus one per element of non-blob values); :func:`rewrite` hands the key records to the
+optional C extension ``_rdbscan`` (built by setup.py) when it is there, which leaves the input
+read, the CRCs (anycrc, ~GB/s) and the copies as its cost.
 Formats follow Redis 7.2 src/rdb.c (RDB versions 1..11).  Not supported (clear RdbError): module
 types and module aux data, the pre-GA FUNCTION opcode, and Redis 7.4+ (RDB 12) hash field TTLs.
 """
@@ -16,8 +18,9 @@ types and module aux data, the pre-GA FUNCTION opcode, and Redis 7.4+ (RDB 12) h
 from __future__ import annotations
 
 import io
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -45,8 +48,13 @@ from .rdb_types import (
 __all__ = [
     "Aux", "Entry", "Eof", "Function", "Header", "RdbError", "RdbParser", "RdbUnsupported", "Record",
     "ResizeDb", "RewriteStats", "SelectDb", "ValidatingReader", "crc64", "iter_records",
-    "restore_payload", "rewrite",
+    "native_available", "restore_payload", "rewrite",
 ]
+
+try:  # the optional C extension (setup.py); without it rewrite() runs the pure-Python path
+    from . import _rdbscan
+except ImportError:  # pragma: no cover - depends on the build
+    _rdbscan = None
 
 MAX_VERSION = 11  # Redis 7.2
 _CRC = anycrc.Model("CRC64-REDIS")
@@ -222,6 +230,9 @@ class RdbParser:
         self._span = (0, 0)  # whole record in self._b
         self._body = 0  # position of the type byte
         self._prefix: list[tuple[int, int]] | tuple[()] = ()  # IDLE/FREQ opcodes of the record
+        # rewrite()'s native scanner: called as fast(window, pos) before each record is parsed; it
+        # returns where Python parsing resumes, or ~pos if the record at pos is incomplete.
+        self._fast: Callable[[bytes, int], int] | None = None
 
     def _refill(self, keep: int) -> None:
         """Drop (and hash) ``self._b[:keep]``, then append at least one chunk (or raise at EOF)."""
@@ -259,7 +270,15 @@ class RdbParser:
         p, db, values, done = 9, 0, self._values, False
         b, base = self._b, self._base
         n = len(b)
+        fast = self._fast
         while True:
+            if fast is not None:
+                p = fast(b, p)
+                if p < 0:  # the record at ~p is incomplete
+                    self._refill(~p)
+                    b, base, p = self._b, self._base, 0
+                    n = len(b)
+                    continue
             s = p
             key = None
             try:
@@ -405,8 +424,21 @@ class RewriteStats:
 _PACK_MS = struct.Struct("<BQ").pack
 
 
+def native_available() -> bool:
+    """True when the C fast path of :func:`rewrite` (``_rdbscan``) is built and importable."""
+    return _rdbscan is not None
+
+
+def _use_native(native: bool | None, at_ms: int, shift: int) -> bool:
+    if native is None:
+        native = _rdbscan is not None and os.environ.get("DRKIT_RDB_NATIVE", "1") != "0"
+    elif native and _rdbscan is None:
+        raise RuntimeError("the native RDB scanner (drkit.dumpers.redis._rdbscan) is not built")
+    return native and -(1 << 63) <= at_ms < 1 << 63 and -(1 << 63) <= shift < 1 << 63
+
+
 def rewrite(src: IO[bytes], dst: IO[bytes], *, at_ms: int, now_ms: int,
-            chunk_size: int = _CHUNK) -> RewriteStats:
+            chunk_size: int = _CHUNK, native: bool | None = None) -> RewriteStats:
     """Copy the RDB ``src`` to ``dst`` as of point in time ``at_ms`` (Unix ms), restored at ``now_ms``.
 
     Keys with an expiry <= ``at_ms`` are dropped; the others keep their remaining TTL at
@@ -414,6 +446,10 @@ def rewrite(src: IO[bytes], dst: IO[bytes], *, at_ms: int, now_ms: int,
     libraries, IDLE/FREQ and RESIZEDB hints are copied as they are; the CRC64 is recomputed.
     ``src`` is fully validated (raises :class:`RdbError`); ``dst`` may be left partial then.
     ``chunk_size`` is the read size (the parser's window grows beyond it for larger records).
+
+    ``native``: None uses the C scanner when it is built (unless ``DRKIT_RDB_NATIVE=0``), True
+    requires it, False forces the pure-Python path.  Both give byte-identical output and errors:
+    the scanner handles the common key records and leaves every other record to the parser.
     """
     parser = RdbParser(src, values=False, chunk_size=chunk_size)
     kept = expired = with_ttl = written = 0
@@ -422,6 +458,30 @@ def rewrite(src: IO[bytes], dst: IO[bytes], *, at_ms: int, now_ms: int,
     crc = 0
     # Unchanged records are copied in runs: [run, end) of the parser's current window ``cur``.
     cur, mv, run, end = b"", memoryview(b""), 0, 0
+
+    if _use_native(native, at_ms, shift):
+        scan = _rdbscan.scan  # type: ignore[union-attr]
+
+        def fast(b: bytes, p: int) -> int:
+            """Let the C scanner take the key records from ``p`` on (see RdbParser._fast)."""
+            nonlocal cur, mv, run, end, out, crc, written, kept, expired, with_ttl
+            if b is not cur:
+                out += mv[run:end]
+                cur, mv, run = b, memoryview(b), p
+            q, run, k, x, t = scan(b, p, run, out, at_ms, shift)
+            kept += k
+            expired += x
+            with_ttl += t
+            end = q if q >= 0 else ~q
+            if len(out) >= _CHUNK:
+                crc = _CRC.calc(out, crc)
+                dst.write(out)
+                written += len(out)
+                out = bytearray()
+            return q
+
+        parser._fast = fast
+
     for rec in parser:
         b = parser._b
         s, e = parser._span
@@ -463,4 +523,3 @@ def rewrite(src: IO[bytes], dst: IO[bytes], *, at_ms: int, now_ms: int,
     dst.write(out)
     written += len(out)
     return RewriteStats(kept, expired, with_ttl, parser.size, written)
-
