@@ -8,6 +8,7 @@ at ``at``.  (Loading the stored RDB as it is would instead drop every key that e
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -43,10 +44,11 @@ def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_b
     """
     path = target / "dump.rdb"
     tmp = target / "dump.rdb.drkit-partial"
-    with open_stream(repo, manifest.stream(STREAM)) as src, open(tmp, "wb") as dst:
+    with open_stream(repo, manifest.stream(STREAM)) as src, open(tmp, "wb") as fh:
+        dst = _Writeback(fh)
         stats = rewrite(src, dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms)
-        dst.flush()
-        os.fsync(dst.fileno())
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.rename(path)
     fd = os.open(target, os.O_RDONLY)
     try:
@@ -55,6 +57,39 @@ def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_b
         os.close(fd)
     return {"rdb": str(path), "keys": stats.keys_kept, "keys_expired_by_then": stats.keys_expired,
             "keys_with_ttl": stats.keys_with_ttl, "bytes_restored": stats.bytes_out}
+
+
+def _sync_file_range() -> Any:
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux/glibc: the final fsync does all the work
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return f
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY = 32 << 20
+
+
+class _Writeback:
+    """A file writer that starts the kernel's writeback of every 32 MiB as soon as it is written
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes overlap
+    the rewrite and the final ``fsync`` finds little left to do."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.fd = fh, fh.fileno()
+        self.pos = self.started = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self.fh.write(data)
+        self.pos += n
+        if _SYNC_FILE_RANGE is not None and self.pos - self.started >= _WRITEBACK_EVERY:
+            self.fh.flush()
+            _SYNC_FILE_RANGE(self.fd, self.started, self.pos - self.started, _SYNC_FILE_RANGE_WRITE)
+            self.started = self.pos
+        return n
 
 
 def write_conf(target: Path, port: int) -> Path:
