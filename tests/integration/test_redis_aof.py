@@ -76,9 +76,10 @@ def state(c: redis.Redis) -> dict:
         d2.close()
 
 
-def step(c: redis.Redis, i: int, marks: list[tuple[int, dict]]) -> None:
-    """One step of writes inside one server second; records (that second, the state after it)."""
-    last = marks[-1][0] if marks else None
+def step(c: redis.Redis, i: int, marks: list[tuple[int, dict]], after: int | None = None) -> None:
+    """One step of writes inside one server second (later than the last step's, or than
+    ``after``); records (that second, the state after it)."""
+    last = marks[-1][0] if marks else after
     sec = at_mid_second(c, last)
     c.set(f"w:{i}", f"v{i}")
     c.incr("counter")
@@ -141,8 +142,9 @@ def test_aof_point_in_time_across_increments_and_a_rewrite(aenv: RedisEnv):
         full = backup(aenv, "full")
         assert full["metadata"]["method"] == "aof-rewrite"
         marks: list[tuple[int, dict]] = []
+        # The base's restore point is the end of its ctime second: the steps come after it.
         for i in range(4):
-            step(c, i, marks)
+            step(c, i, marks, after=full["metadata"]["rdb_ctime"])
         inc1 = backup(aenv, "incremental")
         rewrite(c)  # the server rewrites on its own: the chain continues through the next INCR file
         for i in range(4, 7):
