@@ -52,6 +52,17 @@ def _rows(env: PgEnv, target, port) -> tuple[list[int], int, int]:
     return ids, filler, unlogged
 
 
+def _restored_rows(pgenv: PgEnv, tag: str, *how: str) -> tuple[list[int], int, int]:
+    """Restore ``how`` (--point-in-time T | --backup ID) into a new directory, start it, read its rows."""
+    target = pgenv.root / tag
+    res = json.loads(pgenv.drkit("restore", "main", *how, "--target-dir", str(target), "--start",
+                                 "--json").stdout)
+    try:
+        return _rows(pgenv, target, res["port"])
+    finally:
+        pgenv.stop_datadir(target)
+
+
 def test_node_local_backup_under_writes_restores_to_a_point_in_time(pgenv: PgEnv):
     with pgenv.conn() as c:
         c.execute("CREATE TABLE events (id int PRIMARY KEY, payload text)")
@@ -73,23 +84,11 @@ def test_node_local_backup_under_writes_restores_to_a_point_in_time(pgenv: PgEnv
 
     # PITR to the last commit, and to the end of the backup alone.
     last_id, last_t = writer.marks[-1]
-    target = pgenv.root / "pitr"
-    res = json.loads(pgenv.drkit("restore", "main", "--point-in-time", last_t.isoformat(),
-                                 "--target-dir", str(target), "--start", "--json").stdout)
-    try:
-        ids, filler, unlogged = _rows(pgenv, target, res["port"])
-    finally:
-        pgenv.stop_datadir(target)
+    ids, filler, unlogged = _restored_rows(pgenv, "pitr", "--point-in-time", last_t.isoformat())
     assert ids == list(range(1, 21)) + [i for i, _ in writer.marks]
     assert filler == 300000 and unlogged == 0  # unlogged data is not backed up (its init fork is)
 
-    target = pgenv.root / "end"
-    res = json.loads(pgenv.drkit("restore", "main", "--backup", out["id"], "--target-dir", str(target),
-                                 "--start", "--json").stdout)
-    try:
-        ids, filler, _ = _rows(pgenv, target, res["port"])
-    finally:
-        pgenv.stop_datadir(target)
+    ids, filler, _ = _restored_rows(pgenv, "end", "--backup", out["id"])
     assert ids[:20] == list(range(1, 21)) and filler == 300000
     assert set(ids[20:]) <= {i for i, _ in writer.marks} and ids == sorted(ids)
     assert pgenv.drkit("verify", "--json", check=False).returncode == 0

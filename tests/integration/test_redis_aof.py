@@ -11,15 +11,13 @@ ended by the point in time).
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import UTC, datetime
 
 import pytest
 import redis
-import yaml
 from pgenv import workdir
-from test_redis_dumper import PASSWORD, RedisEnv, populate, snapshot
+from test_redis_dumper import PASSWORD, RedisEnv, populate, redis_env, snapshot
 
 from drkit.sandbox.redis import start_redis
 
@@ -31,23 +29,9 @@ AOF_SETTINGS = {"appendonly": "yes", "aof-timestamp-enabled": "yes", "auto-aof-r
 def aenv():
     root = workdir("redis-aof")
     primary = start_redis(root / "redis", password=PASSWORD, settings=AOF_SETTINGS)
-    key = root / "master.key"
-    key.write_bytes(os.urandom(32).hex().encode())
-    key.chmod(0o600)
-    (root / "repo").mkdir()
-    cfg = root / "drkit.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repository": {"url": f"file://{root / 'repo'}"},
-        "encryption": {"key_file": str(key)},
-        "sources": {"cache": {"type": "redis", "url": primary.url, "password_env": "REDIS_PW",
-                              "data_dir": str(primary.data_dir)}},
-    }))
-    env = RedisEnv(root, cfg, primary)
-    try:
-        env.drkit("init")
+    with redis_env(root, primary, cache={"type": "redis", "url": primary.url, "password_env": "REDIS_PW",
+                                         "data_dir": str(primary.data_dir)}) as env:
         yield env
-    finally:
-        env.close()
 
 
 def server_second(c: redis.Redis) -> tuple[int, float]:
@@ -254,7 +238,7 @@ def test_corrupt_or_truncated_aof_is_named_and_nothing_committed(aenv: RedisEnv)
     assert len(listing(aenv)["backups"]) == committed
 
 
-def test_incremental_refuses_without_timestamps_or_aof(aenv: RedisEnv):
+def test_incremental_refuses_without_timestamps_or_aof_and_names_a_dead_server(aenv: RedisEnv):
     with aenv.primary.client() as c:
         backup(aenv, "full")
         c.config_set("aof-timestamp-enabled", "no")
@@ -264,3 +248,8 @@ def test_incremental_refuses_without_timestamps_or_aof(aenv: RedisEnv):
         c.config_set("appendonly", "no")
         proc = aenv.drkit("backup", "cache", "--type", "incremental", check=False)
         assert proc.returncode == 2 and "appendonly yes" in proc.stderr
+    committed = listing(aenv)["backups"]
+    aenv.primary.kill()  # the server is gone: a clear message, exit 10, nothing new in the repository
+    proc = aenv.drkit("backup", "cache", "--type", "incremental", check=False)
+    assert proc.returncode == 10 and "cannot query Redis" in proc.stderr, proc.stderr
+    assert listing(aenv)["backups"] == committed

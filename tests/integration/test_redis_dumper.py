@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,33 +57,41 @@ class RedisEnv:
             inst.stop()
 
 
+@contextmanager
+def redis_env(root: Path, primary: RedisInstance, **sources: dict) -> Iterator[RedisEnv]:
+    """A fresh key, local repository (``drkit init``) and config with ``sources`` around ``primary``;
+    stops every server when done, also when the setup fails (no server is left behind)."""
+    env = RedisEnv(root, root / "drkit.yaml", primary)
+    try:
+        key = root / "master.key"
+        key.write_bytes(os.urandom(32).hex().encode())
+        key.chmod(0o600)
+        (root / "repo").mkdir()
+        env.config_path.write_text(yaml.safe_dump({
+            "repository": {"url": f"file://{root / 'repo'}"},
+            "encryption": {"key_file": str(key)},
+            "sources": sources,
+        }))
+        env.drkit("init")
+        yield env
+    finally:
+        env.close()
+
+
 @pytest.fixture
 def renv():
     root = workdir("redis-dump")
     primary = start_redis(root / "redis", replica=True, password=PASSWORD,
                           settings={"hash-max-listpack-entries": 64,
                                     "repl-ping-replica-period": 1})  # followers see a PING a second
-    key = root / "master.key"
-    key.write_bytes(os.urandom(32).hex().encode())
-    key.chmod(0o600)
-    (root / "repo").mkdir()
-    cfg = root / "drkit.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repository": {"url": f"file://{root / 'repo'}"},
-        "encryption": {"key_file": str(key)},
-        "sources": {
-            "cache": {"type": "redis", "url": primary.url, "password_env": "REDIS_PW"},
-            "cache-replica": {"type": "redis", "url": primary.replica.url, "password_env": "REDIS_PW"},
-            "cache-local": {"type": "redis", "url": primary.url, "password_env": "REDIS_PW",
-                            "data_dir": str(primary.data_dir)},
-        },
-    }))
-    env = RedisEnv(root, cfg, primary)
-    try:
-        env.drkit("init")
+    with redis_env(
+        root, primary,
+        cache={"type": "redis", "url": primary.url, "password_env": "REDIS_PW"},
+        **{"cache-replica": {"type": "redis", "url": primary.replica.url, "password_env": "REDIS_PW"},
+           "cache-local": {"type": "redis", "url": primary.url, "password_env": "REDIS_PW",
+                           "data_dir": str(primary.data_dir)}},
+    ) as env:
         yield env
-    finally:  # also when setup fails: no server is left behind
-        env.close()
 
 
 def populate(c: redis.Redis, n: int = 2000) -> None:

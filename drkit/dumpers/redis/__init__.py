@@ -34,9 +34,10 @@ class RedisDumper(Dumper):
         if backup_type not in ("full", "incremental"):
             raise ConfigError(f"unknown backup type {backup_type!r} for redis (full, incremental)")
         if self.options.data_dir:  # node-local: AOF rewrite + increments when the server runs AOF
-            from .aofbackup import aof_enabled, aof_full, aof_incremental
+            from .aofbackup import aof_full, aof_incremental
+            from .full import server_facts
 
-            if aof_enabled(self.options):
+            if server_facts(self.options)["aof_enabled"]:
                 return (aof_full if backup_type == "full" else aof_incremental)(repo, self.source.name, self.options)
         if backup_type == "incremental":
             raise ConfigError(

@@ -43,7 +43,7 @@ from drkit.repository.manifest import iso, new_backup_id, utcnow
 from .aof import AofFile, second_end_ms
 from .aoffiles import AofDir, Hold, Pieces, resume
 from .chain import snapshot_time
-from .full import commit_snapshot, server_facts
+from .full import commit_snapshot, query_errors, server_facts, start_child, wait_child
 from .options import RedisOptions
 from .rdb import Aux, Header, RdbError, iter_records
 
@@ -73,50 +73,21 @@ def aof_dir(opts: RedisOptions, c: Any) -> AofDir:
     return AofDir(data / dirname, f"{filename}.manifest")
 
 
-def aof_enabled(opts: RedisOptions) -> bool:
-    import redis
-
-    try:
-        with _client(opts) as c:
-            return bool(int(c.info("persistence").get("aof_enabled", 0)))
-    except redis.AuthenticationError:
-        raise SourceError(f"Redis at {opts.url} refused the credentials; check password_env/password_file") from None
-    except redis.RedisError as exc:
-        raise SourceError(f"cannot query Redis at {opts.url}: {type(exc).__name__}: {exc}") from None
-
-
 # -- full -----------------------------------------------------------------------------------------
 
 def aof_full(repo: Repository, source: str, opts: RedisOptions, *, previous: str | None = None,
              reason: str | None = None) -> Manifest:
     """BGREWRITEAOF, wait for it, store the new BASE as the base of a new chain."""
-    import redis
 
     facts = server_facts(opts)
     started = utcnow()
-    with _client(opts) as c:
+    with query_errors(opts), _client(opts) as c:
         adir = aof_dir(opts, c)
         deadline = time.monotonic() + opts.sync_timeout
-        while True:
-            before = int(c.info("persistence").get("aof_rewrites", -1))
-            try:
-                c.bgrewriteaof()
-                break
-            except redis.ResponseError as exc:  # one is running: ours must start after it
-                if "in progress" not in str(exc) or time.monotonic() > deadline:
-                    raise SourceError(f"BGREWRITEAOF on {opts.url} failed: {exc}") from None
-                time.sleep(0.2)
-        while True:
-            p = c.info("persistence")
-            if (not int(p["aof_rewrite_in_progress"]) and not int(p["aof_rewrite_scheduled"])
-                    and int(p.get("aof_rewrites", 0)) > before):
-                if p["aof_last_bgrewrite_status"] != "ok":
-                    raise SourceError(f"BGREWRITEAOF on {opts.url} failed (aof_last_bgrewrite_status="
-                                      f"{p['aof_last_bgrewrite_status']}); see the Redis log")
-                break
-            if time.monotonic() > deadline:
-                raise SourceError(f"BGREWRITEAOF on {opts.url} did not finish within sync_timeout")
-            time.sleep(0.05)
+        before = start_child(c, c.bgrewriteaof, "BGREWRITEAOF", opts.url, deadline, "aof_rewrites")
+        wait_child(c, lambda p: (not int(p["aof_rewrite_in_progress"]) and not int(p["aof_rewrite_scheduled"])
+                                 and int(p.get("aof_rewrites", 0)) > before),
+                   "aof_last_bgrewrite_status", "BGREWRITEAOF", opts.url, deadline)
     return _commit_base(repo, source, opts, adir, facts, started, previous, reason)
 
 
@@ -253,24 +224,19 @@ def aof_incremental(repo: Repository, source: str, opts: RedisOptions) -> Manife
         log.warning("source %s has no AOF base yet: taking a full backup (AOF rewrite) instead", source)
         return aof_full(repo, source, opts)
     started = utcnow()
-    try:
-        with _client(opts) as c:
-            adir = aof_dir(opts, c)
-            # Measure just after a second boundary: the window then ends after the whole second
-            # of the newest command shipped (times have 1 s resolution), not before it.
-            _, usec = c.time()
-            time.sleep((1_000_000 - usec) / 1e6 + 0.005)
-            sec, usec = c.time()
-            t_ms = sec * 1000 + usec // 1000
-            p = c.info("persistence")
-            try:
-                stamps = c.config_get("aof-timestamp-enabled").get("aof-timestamp-enabled")
-            except redis.ResponseError:
-                stamps = None
-    except redis.AuthenticationError:
-        raise SourceError(f"Redis at {opts.url} refused the credentials; check password_env/password_file") from None
-    except redis.RedisError as exc:
-        raise SourceError(f"cannot query Redis at {opts.url}: {type(exc).__name__}: {exc}") from None
+    with query_errors(opts), _client(opts) as c:
+        adir = aof_dir(opts, c)
+        # Measure just after a second boundary: the window then ends after the whole second
+        # of the newest command shipped (times have 1 s resolution), not before it.
+        _, usec = c.time()
+        time.sleep((1_000_000 - usec) / 1e6 + 0.005)
+        sec, usec = c.time()
+        t_ms = sec * 1000 + usec // 1000
+        p = c.info("persistence")
+        try:
+            stamps = c.config_get("aof-timestamp-enabled").get("aof-timestamp-enabled")
+        except redis.ResponseError:
+            stamps = None
     if not int(p.get("aof_enabled", 0)):
         raise ConfigError(f"Redis at {opts.url} runs with appendonly no: AOF incrementals need appendonly yes "
                           "and aof-timestamp-enabled yes (or use 'drkit redis follow')")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,20 +34,26 @@ STREAM = "dump.rdb"
 
 
 def server_facts(opts: RedisOptions) -> dict[str, Any]:
-    import redis
-
-    try:
-        with opts.client() as c:
-            info = c.info("server") | c.info("replication") | c.info("persistence")
-    except redis.AuthenticationError:
-        raise SourceError(f"Redis at {opts.url} refused the credentials; check password_env/password_file") from None
-    except redis.RedisError as exc:
-        raise SourceError(f"cannot query Redis at {opts.url}: {type(exc).__name__}: {exc}") from None
+    with query_errors(opts), opts.client() as c:
+        info = c.info("server") | c.info("replication") | c.info("persistence")
     return {
         "redis_version": info.get("redis_version"), "run_id": info.get("run_id"), "role": info.get("role"),
         "master_replid": info.get("master_replid"), "aof_enabled": bool(info.get("aof_enabled")),
         "master_link_status": info.get("master_link_status"),
     }
+
+
+@contextmanager
+def query_errors(opts: RedisOptions) -> Iterator[None]:
+    """Turn a refused AUTH or an unreachable server into a :class:`SourceError` naming the server."""
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError:
+        raise SourceError(f"Redis at {opts.url} refused the credentials; check password_env/password_file") from None
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot query Redis at {opts.url}: {type(exc).__name__}: {exc}") from None
 
 
 def server_time(opts: RedisOptions) -> datetime:
@@ -147,7 +155,7 @@ def _bgsave(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
     import redis
 
     assert opts.data_dir is not None
-    with opts.client() as c:
+    with query_errors(opts), opts.client() as c:
         try:
             cfg = c.config_get("dbfilename") | c.config_get("dir")
             path = Path(cfg["dir"]) / cfg["dbfilename"]
@@ -157,36 +165,50 @@ def _bgsave(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
             raise SourceError(f"Redis at {opts.url} saves into {path.parent}, not the configured "
                               f"data_dir {opts.data_dir}: fix data_dir (node-local mode reads the file)")
         deadline = time.monotonic() + opts.sync_timeout
-        while True:
-            # Read before asking: a small save can finish before a later INFO would see it run.
-            saves_before = int(c.info("persistence").get("rdb_saves", -1))
-            try:
-                c.bgsave()
-                break
-            except redis.ResponseError as exc:  # a save (or AOF rewrite) is running: ours starts after it
-                if "in progress" not in str(exc) or time.monotonic() > deadline:
-                    raise SourceError(f"BGSAVE on {opts.url} failed: {exc}") from None
-                time.sleep(0.2)
+        # Read before asking: a small save can finish before a later INFO would see it run.
+        saves_before = start_child(c, c.bgsave, "BGSAVE", opts.url, deadline, "rdb_saves")
         # Accepted means no other child ran, and BGSAVE forks before it answers: once no save is
         # in progress and the count grew, ours has finished.
         sec, usec = c.time()
         snapshot_time = datetime.fromtimestamp(sec + usec / 1e6, UTC)
-        while True:
-            p = c.info("persistence")
-            done = not p["rdb_bgsave_in_progress"] and (
-                int(p.get("rdb_saves", 0)) > saves_before if saves_before >= 0
-                else int(p["rdb_last_save_time"]) >= int(snapshot_time.timestamp()))
-            if done:
-                if p["rdb_last_bgsave_status"] != "ok":
-                    raise SourceError(f"BGSAVE on {opts.url} failed (rdb_last_bgsave_status="
-                                      f"{p['rdb_last_bgsave_status']}); see the Redis log")
-                break
-            if time.monotonic() > deadline:
-                raise SourceError(f"BGSAVE on {opts.url} did not finish within sync_timeout")
-            time.sleep(0.05)
+        wait_child(c, lambda p: not p["rdb_bgsave_in_progress"] and (
+            int(p.get("rdb_saves", 0)) > saves_before if saves_before >= 0
+            else int(p["rdb_last_save_time"]) >= int(snapshot_time.timestamp())),
+            "rdb_last_bgsave_status", "BGSAVE", opts.url, deadline)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the caller; a later save renames a new file in
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
     size = Path(f"/proc/self/fd/{fh.fileno()}").stat().st_size
     return fh, {"method": "bgsave", "path": str(path), "size": size}, snapshot_time, fh.close
+
+
+def start_child(c: Any, command: Callable[[], Any], what: str, url: str, deadline: float, counter: str) -> int:
+    """Run ``BGSAVE``/``BGREWRITEAOF`` (``command``), retrying while another fork child runs (ours
+    must start after it); return the INFO persistence ``counter`` read just before it was accepted
+    (-1 if the server has none)."""
+    import redis
+
+    while True:
+        before = int(c.info("persistence").get(counter, -1))
+        try:
+            command()
+            return before
+        except redis.ResponseError as exc:
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise SourceError(f"{what} on {url} failed: {exc}") from None
+            time.sleep(0.2)
+
+
+def wait_child(c: Any, done: Callable[[dict[str, Any]], bool], status: str, what: str, url: str,
+               deadline: float) -> None:
+    """Poll INFO persistence until ``done`` says our child finished; its ``status`` field must be ok."""
+    while True:
+        p = c.info("persistence")
+        if done(p):
+            if p[status] != "ok":
+                raise SourceError(f"{what} on {url} failed ({status}={p[status]}); see the Redis log")
+            return
+        if time.monotonic() > deadline:
+            raise SourceError(f"{what} on {url} did not finish within sync_timeout")
+        time.sleep(0.05)
