@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -334,7 +336,13 @@ def test_gap_cut_in_pieces_equals_one_cut():
     assert pieces == whole and not gap
 
 
-def test_one_changed_page_changes_one_file_chunk_and_growth_keeps_the_rest(tmp_path):
+def test_one_changed_page_changes_one_file_chunk_and_growth_keeps_the_rest(tmp_path, monkeypatch):
+    import drkit.dumpers.postgres.localbackup as lb
+
+    # backup_label's tar header carries the time the backup ended; pin it, so that the only
+    # difference between the streams is the page (CI once saw the second tick in between).
+    clock = types.SimpleNamespace(time=lambda: 1_700_000_000.0, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(lb, "time", clock)
     src = tmp_path / "pgdata"
     _datadir_with_relations(src)
     cdc, fc = _small_cdc(), 65536
