@@ -1,6 +1,8 @@
 #!/bin/bash
 # Paired Redis restore timing: drkit from another checkout (the "before", via PYTHONPATH) vs this
-# checkout's drkit vs `zstd -d` of the same RDB, interleaved, `sync` and empty targets before each.
+# checkout's drkit vs `zstd -d` of the same RDB, and `zstd -d` followed by an fsync of its output
+# (drkit's restore ends with one: the durable comparison), interleaved, `sync` and empty targets
+# before each.
 #   bench/redis_restore_pair.sh CONFIG BACKUP_ID BEFORE_CHECKOUT [ROUNDS] [WORKDIR]
 # CONFIG/BACKUP_ID: a drkit config with a Redis source 'cache' and a full backup of it (e.g. one
 # that bench/redis_backup.py left in /var/tmp/drkit-bench-redis/r0). BEFORE_CHECKOUT: e.g.
@@ -22,5 +24,7 @@ for i in $(seq "$ROUNDS"); do
   rm -rf b; sync
   z=$(t zstd -q -d -f base.rdb.zst -o z.rdb)
   rm -f z.rdb; sync
-  echo "round $i: before $before after $after zstd-d $z"
+  zf=$(t sh -c 'zstd -q -d -f base.rdb.zst -o z.rdb && sync z.rdb')
+  rm -f z.rdb; sync
+  echo "round $i: before $before after $after zstd-d $z zstd-d+fsync $zf"
 done

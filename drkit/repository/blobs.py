@@ -61,14 +61,14 @@ def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, 
     """Decrypt, decompress and verify one stored chunk; raise IntegrityError naming ``what``."""
     blob_id = bytes.fromhex(blob_id_hex)
     payload = keys.open(sealed, blob_aad(blob_id), what=what)
-    flag, body = payload[0], payload[1:]
+    flag = payload[0]
     if flag == BLOB_ZSTD:
-        try:
-            data = _decompressor().decompress(body, max_output_size=raw_length)
+        try:  # a view, not payload[1:]: that would copy every compressed chunk once more
+            data = _decompressor().decompress(memoryview(payload)[1:], max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{what}: chunk {blob_id_hex[:16]} does not decompress: {exc}", key=what) from None
     elif flag == BLOB_RAW:
-        data = body
+        data = payload[1:]
     else:
         raise IntegrityError(f"{what}: chunk {blob_id_hex[:16]} has unknown encoding {flag}", key=what)
     if len(data) != raw_length or keys.chunk_id(data) != blob_id:

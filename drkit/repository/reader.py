@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,10 +43,22 @@ def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True) -> bytes:
         return open_chunk(repo.keys, sealed, blob_id, loc.raw_length, what=alt)
 
 
+def _background() -> None:
+    """Run this fetch thread at a lower CPU priority (nice + 5) than the thread that consumes
+    the stream.  The consumer (RDB rewrite, tar extraction) is serial and sets the pace; with four
+    fetch threads at equal priority on a two-core machine the scheduler gave it well under a
+    core.  Measured on a 1.8 GB Redis restore: 5.45-5.58 s (3 runs) against 5.51-8.78 s."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 5))
+    except (AttributeError, OSError):  # not Linux (per-thread nice), or not permitted
+        pass
+
+
 def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads: int = 4) -> Iterator[bytes]:
     """Yield the stream's plaintext chunk by chunk; verify the whole-stream digest at the end."""
     size = 0
-    with ThreadPoolExecutor(threads, thread_name_prefix="drkit-fetch") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="drkit-fetch", initializer=_background) as pool:
         window: deque[Future[bytes]] = deque()
         refs = iter(ref.chunks)
         for chunk_ref in refs:

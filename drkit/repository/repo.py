@@ -28,7 +28,7 @@ from drkit.repository.crypto import Keys, random_hex
 from drkit.repository.index import Index, decode_index
 from drkit.repository.keys import Wrapper, decode_envelope, encode_envelope
 from drkit.repository.manifest import LogRecord, Manifest, StreamRef, iso, utcnow
-from drkit.repository.memory import limit_malloc_arenas
+from drkit.repository.memory import tune_malloc
 from drkit.repository.writer import WriteSession, cpu_workers
 from drkit.storage.base import Storage
 
@@ -39,7 +39,7 @@ class Repository:
     """An opened (unlocked) repository.  Construct with :meth:`init` or :meth:`open`."""
 
     def __init__(self, storage: Storage, keys: Keys, config: dict[str, Any], key_id: str) -> None:
-        limit_malloc_arenas()  # before any worker thread exists (see memory.py)
+        tune_malloc()  # before any worker thread exists (see memory.py)
         self.storage = storage
         self.keys = keys
         self.config = config

@@ -15,6 +15,7 @@ from drkit.dumpers.redis import rdb as rdb_mod
 from drkit.dumpers.redis import rdb_types
 from drkit.dumpers.redis.rdb import (
     Aux,
+    ChunkStream,
     Entry,
     Eof,
     Function,
@@ -382,12 +383,19 @@ def run_rewrite(data: bytes, native: bool, **kw) -> tuple[bytes, object]:
 
 
 def same_both_ways(data: bytes, **kw) -> tuple[bytes, object]:
-    """rewrite() ``data`` with the Python path and (when built) the native one: same bytes, same outcome."""
+    """rewrite() ``data`` with the Python path and (when built) the native one: same bytes, same outcome.
+
+    On an error the output is partial (the restore discards it); the two paths may have written
+    different amounts by then, but both only ever wrote a prefix of the same rewritten stream.
+    """
     want = run_rewrite(data, False, **kw)
     if NATIVE:
         got = run_rewrite(data, True, **kw)
         assert got[1] == want[1]
-        assert got[0] == want[0]
+        if isinstance(want[1], tuple):
+            assert got[0].startswith(want[0]) or want[0].startswith(got[0])
+        else:
+            assert got[0] == want[0]
     return want
 
 
@@ -624,3 +632,63 @@ def test_native_matches_python_on_random_files(data: bytes, chunk: int, shift_s:
     same_both_ways(data[:cut], at_ms=AT, now_ms=NOW, chunk_size=chunk)
     same_both_ways(data[:flip] + bytes([data[flip] ^ extra.draw(st.integers(1, 255))]) + data[flip + 1:],
                    at_ms=AT, now_ms=NOW, chunk_size=chunk)
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = sorted({0, len(data), *(c for c in cuts if 0 < c < len(data))})
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+class _Recorder(io.BytesIO):
+    """A dst that remembers the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.sizes.append(len(b))
+        return super().write(b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rdb_files(), st.lists(st.integers(0, 1 << 20), max_size=12), st.booleans())
+def test_chunk_stream_input_gives_the_same_output(data: bytes, cuts: list[int], native: bool) -> None:
+    """The restore feeds the repository's chunks straight in: however the stream is cut, the
+    output is that of reading the file (both paths)."""
+    if native and not NATIVE:
+        native = False
+    want = run_rewrite(data, native, at_ms=AT, now_ms=NOW)
+    out = io.BytesIO()
+    got = rewrite(ChunkStream(iter(_pieces(data, cuts) + [b""])), out, at_ms=AT, now_ms=NOW, native=native)
+    assert (out.getvalue(), got) == want
+
+
+def test_large_rdb_is_written_in_pieces_of_at_most_1_mib() -> None:
+    body = b"\xfe\x00" + b"".join(key(0, b"k%d" % i, s(os.urandom(300_000)), b"\xfc" + struct.pack("<Q", AT + 5))
+                                  for i in range(12))
+    body += key(0, b"plain", s(b"p" * 3_000_000))
+    data = rdb(body)
+    for native in {False, NATIVE}:
+        dst = _Recorder()
+        stats = rewrite(ChunkStream(iter(_pieces(data, list(range(0, len(data), 1_100_000))))), dst,
+                        at_ms=AT, now_ms=NOW, native=native)
+        assert stats.keys_with_ttl == 12 and stats.bytes_out == len(dst.getvalue())
+        assert max(dst.sizes) <= 1 << 20
+        list(iter_records(io.BytesIO(dst.getvalue())))  # a valid RDB, CRC included
+
+
+def test_verify_crc_false_skips_only_the_checksum() -> None:
+    good = rdb(b"\xfe\x00" + key(0, b"a", s(b"1"), b"\xfc" + struct.pack("<Q", AT + 1)) + SENTINEL)
+    bad_crc = good[:-8] + bytes(8 * [0x5A])
+    with pytest.raises(RdbError, match="checksum mismatch"):
+        rewrite(io.BytesIO(bad_crc), io.BytesIO(), at_ms=AT, now_ms=NOW)
+    for native in {False, NATIVE}:
+        want, got = io.BytesIO(), io.BytesIO()
+        rewrite(io.BytesIO(good), want, at_ms=AT, now_ms=NOW, native=native)
+        rewrite(io.BytesIO(bad_crc), got, at_ms=AT, now_ms=NOW, native=native, verify_crc=False)
+        assert got.getvalue() == want.getvalue()  # a fresh, correct CRC64 on the output
+        # Structure is still checked in full: truncation, a bad type, trailing bytes.
+        for broken in (good[:-12], good[:9] + b"\xfe\x00\x63" + good[12:], good + b"x"):
+            with pytest.raises(RdbError):
+                rewrite(io.BytesIO(broken), io.BytesIO(), at_ms=AT, now_ms=NOW, native=native, verify_crc=False)

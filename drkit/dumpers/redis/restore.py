@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,13 @@ from typing import Any
 from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - used as r.*
 from drkit.errors import DrkitError, SourceError
 from drkit.repository import Manifest, Repository
-from drkit.repository.reader import open_stream
+from drkit.repository.reader import iter_stream, open_stream
 from drkit.sandbox.procs import log_tail
 from drkit.sandbox.procs import pid_alive as _alive
 
 from .full import STREAM
 from .options import RedisOptions, parse_url
-from .rdb import Entry, Function, SelectDb, iter_records, restore_payload, rewrite
+from .rdb import ChunkStream, Entry, Function, SelectDb, iter_records, restore_payload, rewrite
 
 _BATCH_CMDS = 1000
 _BATCH_BYTES = 8 << 20
@@ -44,11 +45,12 @@ def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_b
     """
     path = target / "dump.rdb"
     tmp = target / "dump.rdb.drkit-partial"
-    with open_stream(repo, manifest.stream(STREAM)) as src, open(tmp, "wb") as fh:
-        dst = _Writeback(fh)
-        stats = rewrite(src, dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms)
-        fh.flush()
-        os.fsync(fh.fileno())
+    # The repository authenticates every chunk, and the backup checked the RDB's CRC64 before it
+    # recorded it (rdb_crc64): checking it again here would only cost a pass over the data.
+    verified = "rdb_crc64" in manifest.metadata
+    with closing(iter_stream(repo, manifest.stream(STREAM))) as chunks, _Writeback(tmp) as dst:
+        stats = rewrite(ChunkStream(chunks), dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms,
+                        verify_crc=not verified)
     tmp.rename(path)
     fd = os.open(target, os.O_RDONLY)
     try:
@@ -74,22 +76,38 @@ _WRITEBACK_EVERY = 32 << 20
 
 
 class _Writeback:
-    """A file writer that starts the kernel's writeback of every 32 MiB as soon as it is written
-    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes overlap
-    the rewrite and the final ``fsync`` finds little left to do."""
+    """Writes ``dump.rdb`` and starts the kernel's writeback of every 32 MiB as soon as it is
+    written (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes
+    overlap the rewrite and the final ``fsync`` (on leaving the ``with`` block without an
+    exception) finds little left.
 
-    def __init__(self, fh: Any) -> None:
-        self.fh, self.fd = fh, fh.fileno()
+    (A writer thread of its own, to take the copy into the page cache off the rewrite's thread,
+    was measured: no change in the median of 6 paired restores, +20 MB peak RSS.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.pos = self.started = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = self.fh.write(data)
-        self.pos += n
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.pos += len(data)
         if _SYNC_FILE_RANGE is not None and self.pos - self.started >= _WRITEBACK_EVERY:
-            self.fh.flush()
             _SYNC_FILE_RANGE(self.fd, self.started, self.pos - self.started, _SYNC_FILE_RANGE_WRITE)
             self.started = self.pos
-        return n
+        return len(data)
+
+    def __enter__(self) -> _Writeback:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
 
 
 def write_conf(target: Path, port: int) -> Path:
