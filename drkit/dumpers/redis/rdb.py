@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover - depends on the build
 MAX_VERSION = 11  # Redis 7.2
 _CRC = anycrc.Model("CRC64-REDIS")
 _CHUNK = 1 << 22
+_BRIDGE = 64 << 10  # the head of the next piece a record straddling two pieces is given at first
 _MAGIC = b"REDIS"
 
 
@@ -248,9 +249,14 @@ class RdbParser:
         self.size = 0
         self.crc = 0
         self.checksummed = False
-        self._computed = 0
+        self._computed = 0  # CRC64 of the file's bytes [0, self._counted)
+        self._counted = 0
         self._b = b""
         self._base = 0  # file offset of self._b[0]
+        # With a ChunkStream, a window may be a *bridge*: the end of the previous piece plus the
+        # first ``off`` bytes of the next one, ``piece``; parsing then moves into ``piece`` itself
+        # as soon as it has left the bridge's copied head (see _refill).
+        self._tail: tuple[bytes, int] | None = None
         # Spans of the current record (valid while the generator is suspended at a yield).
         self._span = (0, 0)  # whole record in self._b
         self._body = 0  # position of the type byte
@@ -259,13 +265,19 @@ class RdbParser:
         # returns where Python parsing resumes, or ~pos if the record at pos is incomplete.
         self._fast: Callable[[bytes, int], int] | None = None
 
-    def _refill(self, keep: int) -> None:
-        """Drop (and hash) ``self._b[:keep]``, then append at least one chunk (or raise at EOF)."""
+    def _refill(self, keep: int) -> int:
+        """Drop (and hash) ``self._b[:keep]``, then make the window longer (or raise at EOF).
+
+        Returns where ``b[keep]`` is in the new window (0 unless the parser moved from a bridge
+        into the piece it bridges to).
+        """
         b = self._b
-        if keep:
-            if self._verify:
-                self._computed = _CRC.calc(memoryview(b)[:keep], self._computed)
-            self._base += keep
+        if self._verify and self._base + keep > self._counted:
+            self._computed = _CRC.calc(memoryview(b)[self._counted - self._base:keep], self._computed)
+            self._counted = self._base + keep
+        if isinstance(self._stream, ChunkStream):
+            return self._refill_pieces(keep)
+        self._base += keep
         want = max(self._chunk, len(b) - keep)
         parts = [b[keep:]]
         got = 0
@@ -280,6 +292,40 @@ class RdbParser:
             raise RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
                            f"stream ends at byte {end}", offset=self._base)
         self._b = parts[1] if len(parts) == 2 and not parts[0] else b"".join(parts)
+        return 0
+
+    def _refill_pieces(self, keep: int) -> int:
+        """_refill for a ChunkStream: copy only what a record straddling two pieces needs.
+
+        The bytes after ``keep`` and the head of the next piece go into a small bridge window;
+        once the parser is past the bridge's copied part it continues in the piece itself.  So
+        each piece is parsed where it lies, instead of being copied into a joined window.
+        """
+        b, tail = self._b, self._tail
+        if tail is not None:
+            piece, off = tail
+            into = keep - (len(b) - off)  # where b[keep] is in piece (< 0: still in the head)
+            self._tail = None
+            if into >= 0:
+                self._b, self._base = piece, self._base + keep - into
+                return into
+            self._b, self._base = b"".join((memoryview(b)[keep:], memoryview(piece)[off:])), self._base + keep
+            return 0
+        rest = b[keep:]
+        self._base += keep
+        piece = self._stream.read()
+        if not piece:
+            raise RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
+                           f"stream ends at byte {self._base + len(rest)}", offset=self._base)
+        if not rest:
+            self._b = piece
+            return 0
+        off = max(_BRIDGE, 2 * len(rest))
+        if off >= len(piece):
+            self._b = rest + piece
+        else:
+            self._b, self._tail = b"".join((rest, memoryview(piece)[:off])), (piece, off)
+        return 0
 
     def _error(self, exc: BadEncoding, key: bytes | None = None) -> RdbError:
         where = f" (key {key!r})" if key is not None else ""
@@ -301,8 +347,8 @@ class RdbParser:
             if fast is not None:
                 p = fast(b, p)
                 if p < 0:  # the record at ~p is incomplete
-                    self._refill(~p)
-                    b, base, p = self._b, self._base, 0
+                    p = self._refill(~p)
+                    b, base = self._b, self._base
                     n = len(b)
                     continue
             s = p
@@ -363,8 +409,8 @@ class RdbParser:
                     done = op == T.OP_EOF
                 self._span = (s, p)
             except (IndexError, _Short):
-                self._refill(s)
-                b, base, p = self._b, self._base, 0
+                p = self._refill(s)
+                b, base = self._b, self._base
                 n = len(b)
                 continue
             except BadEncoding as exc:
@@ -400,7 +446,7 @@ class RdbParser:
         raise BadEncoding(f"unknown RDB opcode 0x{op:02x}", s)
 
     def _eof(self, b: bytes, p: int, s: int) -> Eof:
-        crc = _CRC.calc(memoryview(b)[:p], self._computed) if self._verify else None
+        crc = _CRC.calc(memoryview(b)[self._counted - self._base:p], self._computed) if self._verify else None
         size = self._base + p
         stored = 0
         if self.version >= 5:
@@ -412,7 +458,8 @@ class RdbParser:
                 raise RdbError(f"RDB checksum mismatch: stored CRC64 {stored:016x} at offset "
                                f"{size - 8} != computed {crc:016x} over bytes 0..{size - 9}: the "
                                "data is corrupt", offset=size - 8)
-        if size - self._base < len(b) or self._stream.read(1):
+        more = self._tail is not None and self._tail[1] < len(self._tail[0])
+        if size - self._base < len(b) or more or self._stream.read(1):
             raise RdbError(f"unexpected data after the RDB end (checksum) at offset {size}", offset=size)
         self.size, self.crc, self.checksummed = size, stored, bool(stored)
         return Eof(self._base + s, size, stored, bool(stored))
