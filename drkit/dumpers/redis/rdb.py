@@ -210,8 +210,9 @@ class _Short(Exception):
 class ChunkStream:
     """Pieces of a stream (e.g. the repository's chunks) as the parser's input, without copies.
 
-    ``read(n)`` returns the next whole piece, whatever ``n`` is (b"" at the end): the parser reads
-    until it has at least what it asked for, so each piece becomes part of one window.
+    ``read(n)`` returns the next whole piece, whatever ``n`` is (b"" at the end).  The parser
+    parses each piece where it lies; only a record that straddles two pieces is copied, into a
+    small bridge window (see ``RdbParser._refill_pieces``).
     """
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
@@ -235,8 +236,7 @@ class RdbParser:
     ``verify_crc=False`` skips computing the CRC64 of the input (the stored checksum is still read
     and reported): for a stream whose every byte is already authenticated as the bytes that passed
     this check at backup time, the second pass proves nothing and costs a pass over the data.
-    ``stream`` may be a :class:`ChunkStream`, whose pieces become the parser's windows with at
-    most one copy each.
+    ``stream`` may be a :class:`ChunkStream`, whose pieces are parsed where they lie.
     """
 
     def __init__(self, stream: IO[bytes] | ChunkStream, *, values: bool = True, chunk_size: int = _CHUNK,
