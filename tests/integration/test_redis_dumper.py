@@ -281,3 +281,40 @@ def test_wrong_password_and_unreachable_server(renv: RedisEnv):
     renv.configure(leaky={"type": "redis", "url": f"redis://:{PASSWORD}@127.0.0.1:6379"})
     proc = renv.drkit("list", check=False)
     assert proc.returncode == 2 and "password" in proc.stderr
+
+
+def test_bad_chunk_mid_snapshot_is_named_and_the_target_left_empty(renv: RedisEnv):
+    """The restore streams chunk by chunk into dump.rdb: a chunk that fails authentication half way
+    through, or a pack that is gone, stops it with exit 5 naming the object, and the partly written
+    file is not left behind."""
+    from drkit.config import load_config
+    from drkit.ops import open_repository
+    from drkit.repository.format import pack_key
+
+    with renv.primary.client() as c:
+        pipe = c.pipeline(transaction=False)
+        for i in range(800):  # 8 MB of random values: several chunks
+            pipe.set(f"big:{i}", os.urandom(10_000), ex=3600 if i % 7 == 0 else None)
+        pipe.execute()
+    b = json.loads(renv.drkit("backup", "cache", "--json").stdout)
+    chunks = open_repository(load_config(renv.config_path)).get_manifest(b["id"], "cache").stream("dump.rdb").chunks
+    assert len(chunks) >= 4, len(chunks)
+    _blob, pack, offset, length, _raw = chunks[len(chunks) // 2]
+    path = renv.root / "repo" / pack_key(pack)
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[int(offset) + int(length) // 2] ^= 0x01
+    path.write_bytes(bytes(bad))
+    target = renv.root / "bad-chunk"
+    proc = renv.drkit("restore", "cache", "--backup", b["id"], "--target-dir", str(target), check=False)
+    assert proc.returncode == 5 and pack in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert target.exists() and not any(target.iterdir())
+    path.unlink()
+    proc = renv.drkit("restore", "cache", "--backup", b["id"], "--target-dir", str(target), check=False)
+    assert proc.returncode == 5 and pack in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(target.iterdir())
+    path.write_bytes(good)  # the same object back: the restore works again, every key served
+    res = json.loads(renv.drkit("restore", "cache", "--backup", b["id"], "--target-dir", str(target), "--start",
+                                "--json").stdout)
+    renv.started_pids.append(res["pid"])
+    assert res["keys_served"] == 800
