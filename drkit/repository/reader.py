@@ -58,7 +58,8 @@ def _background() -> None:
 def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads: int = 4) -> Iterator[bytes]:
     """Yield the stream's plaintext chunk by chunk; verify the whole-stream digest at the end."""
     size = 0
-    with ThreadPoolExecutor(threads, thread_name_prefix="drkit-fetch", initializer=_background) as pool:
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="drkit-fetch", initializer=_background)
+    try:
         window: deque[Future[bytes]] = deque()
         refs = iter(ref.chunks)
         for chunk_ref in refs:
@@ -72,6 +73,8 @@ def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads:
                 window.append(pool.submit(fetch_chunk, repo, nxt))
             size += len(data)
             yield data
+    finally:  # also when the consumer stops early (an error, or the generator closed)
+        pool.shutdown(wait=True, cancel_futures=True)
     # Every chunk was verified against its id as it arrived; the digest binds the id list.
     if size != ref.size or repo.keys.stream_digest([c[0] for c in ref.chunks], size) != ref.digest:
         raise IntegrityError(

@@ -210,9 +210,10 @@ class _Short(Exception):
 class ChunkStream:
     """Pieces of a stream (e.g. the repository's chunks) as the parser's input, without copies.
 
-    ``read(n)`` returns the next whole piece, whatever ``n`` is (b"" at the end).  The parser
-    parses each piece where it lies; only a record that straddles two pieces is copied, into a
-    small bridge window (see ``RdbParser._refill_pieces``).
+    ``read(n)`` returns the next whole piece, whatever ``n`` is (b"" at the end): it is only meant
+    for :class:`RdbParser`, which then also ignores its ``chunk_size``.  The parser parses each
+    piece where it lies; only a record that straddles two pieces is copied, into a small bridge
+    window, or a joined one for records longer than that (see ``RdbParser._refill_pieces``).
     """
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
@@ -257,6 +258,7 @@ class RdbParser:
         # first ``off`` bytes of the next one, ``piece``; parsing then moves into ``piece`` itself
         # as soon as it has left the bridge's copied head (see _refill).
         self._tail: tuple[bytes, int] | None = None
+        self._gen = 0  # bumped by every refill: a new window (even if it is the same object)
         # Spans of the current record (valid while the generator is suspended at a yield).
         self._span = (0, 0)  # whole record in self._b
         self._body = 0  # position of the type byte
@@ -272,6 +274,7 @@ class RdbParser:
         into the piece it bridges to).
         """
         b = self._b
+        self._gen += 1
         if self._verify and self._base + keep > self._counted:
             self._computed = _CRC.calc(memoryview(b)[self._counted - self._base:keep], self._computed)
             self._counted = self._base + keep
@@ -311,7 +314,7 @@ class RdbParser:
                 return into
             self._b, self._base = b"".join((memoryview(b)[keep:], memoryview(piece)[off:])), self._base + keep
             return 0
-        rest = b[keep:]
+        rest = memoryview(b)[keep:]
         self._base += keep
         piece = self._stream.read()
         if not piece:
@@ -321,10 +324,20 @@ class RdbParser:
             self._b = piece
             return 0
         off = max(_BRIDGE, 2 * len(rest))
-        if off >= len(piece):
-            self._b = rest + piece
-        else:
+        if off < len(piece):
             self._b, self._tail = b"".join((rest, memoryview(piece)[:off])), (piece, off)
+            return 0
+        # A record longer than what a bridge gives: at least double the window (like the file
+        # path), so a value spanning many pieces is copied a bounded number of times, not once
+        # per piece.
+        parts, got = [rest, piece], len(piece)
+        while got < len(rest):
+            more = self._stream.read()
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        self._b = b"".join(parts)
         return 0
 
     def _error(self, exc: BadEncoding, key: bytes | None = None) -> RdbError:
@@ -389,6 +402,8 @@ class RdbParser:
                         p += 1 + c
                     else:
                         key, p = read_str(b, p)
+                    if p > n:  # the key runs past the window: errors about the value would name a cut key
+                        raise _Short
                     vs = p
                     if op in blob:
                         c = b[p]
@@ -492,6 +507,7 @@ class RewriteStats:
     keys_with_ttl: int = 0  # kept keys that carry an expiry
     bytes_in: int = 0
     bytes_out: int = 0
+    crc_in: int = 0  # the CRC64 stored at the end of the input (0: none)
 
 
 _PACK_MS = struct.Struct("<BQ").pack
@@ -562,18 +578,19 @@ def rewrite(src: IO[bytes] | ChunkStream, dst: IO[bytes], *, at_ms: int, now_ms:
     kept = expired = with_ttl = 0
     shift = now_ms - at_ms
     sink = _Sink(dst)
-    # Unchanged records stay in runs: [run, end) of the parser's current window ``cur``.
-    cur, mv, run, end = b"", memoryview(b""), 0, 0
+    # Unchanged records stay in runs: [run, end) of the parser's current window, number ``gen``
+    # (compared by number: a source may hand over the same bytes object twice).
+    gen, mv, run, end = -1, memoryview(b""), 0, 0
 
     if _use_native(native, at_ms, shift):
         scan = _rdbscan.scan  # type: ignore[union-attr]
 
         def fast(b: bytes, p: int) -> int:
             """Let the C scanner take the key records from ``p`` on (see RdbParser._fast)."""
-            nonlocal cur, mv, run, end, kept, expired, with_ttl
-            if b is not cur:
+            nonlocal gen, mv, run, end, kept, expired, with_ttl
+            if parser._gen != gen:
                 sink.run(mv[run:end])
-                cur, mv, run = b, memoryview(b), p
+                gen, mv, run = parser._gen, memoryview(b), p
             q, run, k, x, t = scan(b, p, run, sink.buf, at_ms, shift)
             kept += k
             expired += x
@@ -588,9 +605,9 @@ def rewrite(src: IO[bytes] | ChunkStream, dst: IO[bytes], *, at_ms: int, now_ms:
     for rec in parser:
         b = parser._b
         s, e = parser._span
-        if b is not cur:  # the parser moved its window: write the run of the old one
+        if parser._gen != gen:  # the parser moved its window: write the run of the old one
             sink.run(mv[run:end])
-            cur, mv, run = b, memoryview(b), s if rec.__class__ is not Header else 0
+            gen, mv, run = parser._gen, memoryview(b), s if rec.__class__ is not Header else 0
         out = sink.buf
         if rec.__class__ is Entry:
             exp = rec.expire_ms  # type: ignore[union-attr]
@@ -622,4 +639,4 @@ def rewrite(src: IO[bytes] | ChunkStream, dst: IO[bytes], *, at_ms: int, now_ms:
         end = e
         if len(out) >= _OUT:
             sink.spill()
-    return RewriteStats(kept, expired, with_ttl, parser.size, sink.written)
+    return RewriteStats(kept, expired, with_ttl, parser.size, sink.written, parser.crc)

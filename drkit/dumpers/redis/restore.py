@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - used as r.*
-from drkit.errors import DrkitError, SourceError
+from drkit.errors import DrkitError, IntegrityError, SourceError
 from drkit.repository import Manifest, Repository
 from drkit.repository.reader import iter_stream, open_stream
 from drkit.sandbox.procs import log_tail
@@ -47,10 +47,13 @@ def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_b
     tmp = target / "dump.rdb.drkit-partial"
     # The repository authenticates every chunk, and the backup checked the RDB's CRC64 before it
     # recorded it (rdb_crc64): checking it again here would only cost a pass over the data.
-    verified = "rdb_crc64" in manifest.metadata
+    recorded = manifest.metadata.get("rdb_crc64")
     with closing(iter_stream(repo, manifest.stream(STREAM))) as chunks, _Writeback(tmp) as dst:
         stats = rewrite(ChunkStream(chunks), dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms,
-                        verify_crc=not verified)
+                        verify_crc=recorded is None)
+        if recorded is not None and stats.crc_in != int(recorded, 16):  # free: the trailer was read anyway
+            raise IntegrityError(f"backup {manifest.id}: the stored RDB ends with CRC64 {stats.crc_in:016x}, "
+                                 f"its manifest recorded {recorded}", key=manifest.id)
     tmp.rename(path)
     fd = os.open(target, os.O_RDONLY)
     try:
