@@ -133,9 +133,17 @@ want_stamp="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO"/drkit/dumpers/
 repo_readable=1
 as_pg test -r "$REPO/pyproject.toml" 2>/dev/null || repo_readable=0
 
+# The C extension is expected only where it can be built (a compiler and the Python headers);
+# elsewhere its absence must not force a re-install on every run.
+installed_check="import drkit, pytest"
+py_include="$("$DRKIT_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+if command -v cc >/dev/null 2>&1 && [[ -f "$py_include/Python.h" ]]; then
+  installed_check+=", drkit.dumpers.redis._rdbscan"
+fi
+
 if [[ $repo_readable -eq 1 ]]; then
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] \
-     && (cd / && "$DRKIT_VENV/bin/python" -c 'import drkit, pytest, drkit.dumpers.redis._rdbscan') 2>/dev/null; then
+     && (cd / && "$DRKIT_VENV/bin/python" -c "$installed_check") 2>/dev/null; then
     say "drkit already installed (editable) from $REPO"
   else
     say "pip install -e $REPO[test] (pyproject.toml, setup.py or a C source changed, or first run)"
