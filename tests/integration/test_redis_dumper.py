@@ -291,10 +291,11 @@ def test_bad_chunk_mid_snapshot_is_named_and_the_target_left_empty(renv: RedisEn
     from drkit.ops import open_repository
     from drkit.repository.format import pack_key
 
+    written = {f"big:{i}".encode(): os.urandom(10_000) for i in range(800)}  # 8 MB: several chunks
     with renv.primary.client() as c:
         pipe = c.pipeline(transaction=False)
-        for i in range(800):  # 8 MB of random values: several chunks
-            pipe.set(f"big:{i}", os.urandom(10_000), ex=3600 if i % 7 == 0 else None)
+        for i, (k, v) in enumerate(written.items()):
+            pipe.set(k, v, ex=3600 if i % 7 == 0 else None)
         pipe.execute()
     b = json.loads(renv.drkit("backup", "cache", "--json").stdout)
     chunks = open_repository(load_config(renv.config_path)).get_manifest(b["id"], "cache").stream("dump.rdb").chunks
@@ -318,3 +319,6 @@ def test_bad_chunk_mid_snapshot_is_named_and_the_target_left_empty(renv: RedisEn
                                 "--json").stdout)
     renv.started_pids.append(res["pid"])
     assert res["keys_served"] == 800
+    with redis.Redis(host="127.0.0.1", port=res["port"]) as r:
+        assert {k: r.get(k) for k in written} == written
+        assert {k for k in written if r.pttl(k) > 0} == {k for i, k in enumerate(written) if i % 7 == 0}

@@ -372,11 +372,15 @@ def test_rewrite_refuses_corrupt_input() -> None:
 NATIVE = native_available()
 
 
-def run_rewrite(data: bytes, native: bool, **kw) -> tuple[bytes, object]:
-    """(output, stats) of rewrite(), or (partial output, (exception class, message, offset, key))."""
+def run_rewrite(data: bytes, native: bool, cuts: list[int] | None = None, **kw) -> tuple[bytes, object]:
+    """(output, stats) of rewrite(), or (partial output, (exception class, message, offset, key)).
+
+    With ``cuts``, the input goes in as pieces cut there, through a ChunkStream (as the restore
+    feeds the repository's chunks)."""
     out = io.BytesIO()
+    src = io.BytesIO(data) if cuts is None else ChunkStream(iter(_pieces(data, cuts)))
     try:
-        stats = rewrite(io.BytesIO(data), out, native=native, **kw)
+        stats = rewrite(src, out, native=native, **kw)
     except (RdbError, struct.error) as exc:
         return out.getvalue(), (type(exc), str(exc), getattr(exc, "offset", None), getattr(exc, "redis_key", None))
     return out.getvalue(), stats
@@ -651,16 +655,6 @@ class _Recorder(io.BytesIO):
         return super().write(b)
 
 
-def run_pieces(data: bytes, cuts: list[int], native: bool, **kw) -> tuple[bytes, object]:
-    """run_rewrite() with the input fed as pieces through a ChunkStream."""
-    out = io.BytesIO()
-    try:
-        stats = rewrite(ChunkStream(iter(_pieces(data, cuts))), out, native=native, **kw)
-    except (RdbError, struct.error) as exc:
-        return out.getvalue(), (type(exc), str(exc), getattr(exc, "offset", None), getattr(exc, "redis_key", None))
-    return out.getvalue(), stats
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rdb_files(), st.booleans(), st.booleans(), st.sampled_from([1, 5, 64, 65536]), st.data())
 def test_chunk_stream_input_gives_the_same_output(data: bytes, native: bool, verify: bool, bridge: int,
@@ -679,7 +673,7 @@ def test_chunk_stream_input_gives_the_same_output(data: bytes, native: bool, ver
         for case in (data, data[:cut], flipped, data + b"\0" * extra.draw(st.integers(1, 9))):
             cuts = extra.draw(st.lists(st.integers(0, len(case)), max_size=12))
             want = run_rewrite(case, native, at_ms=AT, now_ms=NOW, verify_crc=verify)
-            got = run_pieces(case, cuts, native, at_ms=AT, now_ms=NOW, verify_crc=verify)
+            got = run_rewrite(case, native, cuts, at_ms=AT, now_ms=NOW, verify_crc=verify)
             assert got[1] == want[1]
             if isinstance(want[1], tuple):
                 assert got[0].startswith(want[0]) or want[0].startswith(got[0])

@@ -218,17 +218,9 @@ skip_value(unsigned t, buf_t b, Py_ssize_t n, Py_ssize_t *pp)
             return r;
         int per = t == 4 ? 2 : 1;
         for (uint64_t i = 0; i < cnt; i++) {
-            for (int k = 0; k < per; k++) {
-                if (p >= n)
-                    return S_SHORT;
-                unsigned c = b[p];
-                if (c < 64) {
-                    if ((r = advance(n, &p, 1 + (uint64_t)c)) != S_OK)
-                        return r;
-                } else if ((r = skip_str(b, n, &p)) != S_OK) {
+            for (int k = 0; k < per; k++)
+                if ((r = skip_str(b, n, &p)) != S_OK)
                     return r;
-                }
-            }
         }
         break;
     }
@@ -236,18 +228,10 @@ skip_value(unsigned t, buf_t b, Py_ssize_t n, Py_ssize_t *pp)
         if ((r = read_len(b, n, &p, &cnt)) != S_OK)
             return r;
         for (uint64_t i = 0; i < cnt; i++) {
-            if (p >= n)
-                return S_SHORT;
-            unsigned c = b[p];
-            if (c < 64) {
-                if ((r = advance(n, &p, 9 + (uint64_t)c)) != S_OK)
-                    return r;
-            } else {
-                if ((r = skip_str(b, n, &p)) != S_OK)
-                    return r;
-                if ((r = advance(n, &p, 8)) != S_OK)
-                    return r;
-            }
+            if ((r = skip_str(b, n, &p)) != S_OK)
+                return r;
+            if ((r = advance(n, &p, 8)) != S_OK) /* the binary double score */
+                return r;
         }
         break;
     case 18:
@@ -354,15 +338,8 @@ parse_key(buf_t b, Py_ssize_t n, Py_ssize_t p, keyrec *k)
         return S_STOP;
     }
     k->body = p - 1;
-    if (p >= n)
-        return S_SHORT;
-    unsigned c = b[p];
-    if (c < 64) {
-        if ((r = advance(n, &p, 1 + (uint64_t)c)) != S_OK)
-            return r;
-    } else if ((r = skip_key(b, n, &p)) != S_OK) {
+    if ((r = skip_key(b, n, &p)) != S_OK)
         return r;
-    }
     if ((r = skip_value(op, b, n, &p)) != S_OK)
         return r;
     if (exp_big)

@@ -291,9 +291,7 @@ class RdbParser:
             parts.append(data)
             got += len(data)
         if not got:
-            end = self._base + len(b) - keep
-            raise RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
-                           f"stream ends at byte {end}", offset=self._base)
+            raise self._truncated(len(b) - keep)
         self._b = parts[1] if len(parts) == 2 and not parts[0] else b"".join(parts)
         return 0
 
@@ -318,8 +316,7 @@ class RdbParser:
         self._base += keep
         piece = self._stream.read()
         if not piece:
-            raise RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
-                           f"stream ends at byte {self._base + len(rest)}", offset=self._base)
+            raise self._truncated(len(rest))
         if not rest:
             self._b = piece
             return 0
@@ -339,6 +336,11 @@ class RdbParser:
             got += len(more)
         self._b = b"".join(parts)
         return 0
+
+    def _truncated(self, have: int) -> RdbError:
+        """The stream ended ``have`` bytes into the record at ``self._base``."""
+        return RdbError(f"RDB truncated: the record at offset {self._base} is incomplete, the "
+                        f"stream ends at byte {self._base + have}", offset=self._base)
 
     def _error(self, exc: BadEncoding, key: bytes | None = None) -> RdbError:
         where = f" (key {key!r})" if key is not None else ""
