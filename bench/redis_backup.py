@@ -13,9 +13,13 @@ Per round (interleaved; ``sync`` before each; page cache warm):
 
 - baseline backup: ``redis-cli --rdb FILE`` then ``zstd -3 -T1 FILE`` (both timed together);
 - drkit ``backup cache`` (remote PSYNC mode) into a fresh local repository;
-- baseline restore: ``zstd -d FILE.zst -o DIR/dump.rdb``;
+- baseline restore: ``zstd -d FILE.zst -o DIR/dump.rdb``, which leaves its output in the page
+  cache; and the durable baseline: the same followed by ``sync DIR/dump.rdb``;
 - drkit ``restore cache --backup ID --target-dir DIR`` (TTL-rewriting lay-down, no start), with the
-  native RDB scanner when it is built (``native_rdb_scanner`` in the results says);
+  native RDB scanner when it is built (``native_rdb_scanner`` in the results says).  It ends with
+  the file and its directory fsynced, so it is compared with the durable baseline;
+- the same with ``--no-sync`` (no fsync: the durability of a plain ``zstd -d``), compared with
+  the plain baseline;
 - the same restore forced onto the pure-Python rewrite path (``DRKIT_RDB_NATIVE=0``);
 - the repository read alone: the stored RDB stream fetched, decrypted, decompressed and verified
   into nothing (this script's ``--read-only``), i.e. the restore without the rewrite and the write.
@@ -191,8 +195,13 @@ def main() -> int:
             backup = json.loads(dk.stdout)
             (rd / "zr").mkdir()
             zr = measure("zstd -d", ["zstd", "-d", "-q", "-f", f"{rdb}.zst", "-o", str(rd / "zr" / "dump.rdb")])
+            zs = measure("zstd -d + sync", ["sh", "-c", f"zstd -d -q -f {rdb}.zst -o {rd}/zr/dump.rdb && "
+                                            f"sync {rd}/zr/dump.rdb"])
             dr = measure("drkit restore (dir)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",
                                                  backup["id"], "--target-dir", str(rd / "dr"), "--json"])
+            dn = measure("drkit restore (dir, --no-sync)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",
+                                                            backup["id"], "--target-dir", str(rd / "dn"), "--no-sync",
+                                                            "--json"])
             ro = measure("drkit repository read only", [sys.executable, __file__, "--read-only", str(cfg), backup["id"]])
             dp = measure("drkit restore (dir, Python)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",
                                                         backup["id"], "--target-dir", str(rd / "dp"), "--json"],
@@ -201,22 +210,28 @@ def main() -> int:
                 "rdb_bytes": rdb.stat().st_size, "zst_bytes": Path(f"{rdb}.zst").stat().st_size,
                 "drkit_stored_bytes": backup["stored_bytes"],
                 **{m.label: {"s": round(m.seconds, 2), "cpu_s": round(m.cpu_seconds, 2),
-                             "peak_rss_mb": round(m.peak_rss_mb, 1), **m.extra} for m in (base, dk, zr, dr, ro, dp)}})
+                             "peak_rss_mb": round(m.peak_rss_mb, 1), **m.extra} for m in (base, dk, zr, zs, dr, dn, ro, dp)}})
             for p in (rdb, Path(f"{rdb}.zst")):
                 p.unlink()
             shutil.rmtree(rd / "zr")
             shutil.rmtree(rd / "dr")
+            shutil.rmtree(rd / "dn")
             shutil.rmtree(rd / "dp")
-        labels = ["redis-cli --rdb + zstd -3", "drkit backup (psync)", "zstd -d", "drkit restore (dir)",
-                  "drkit repository read only", "drkit restore (dir, Python)"]
+        labels = ["redis-cli --rdb + zstd -3", "drkit backup (psync)", "zstd -d", "zstd -d + sync",
+                  "drkit restore (dir)", "drkit restore (dir, --no-sync)", "drkit repository read only",
+                  "drkit restore (dir, Python)"]
         summary = {lb: {"median_s": median([x[lb]["s"] for x in results["rounds"]]),
                         "median_cpu_s": median([x[lb]["cpu_s"] for x in results["rounds"]]),
                         "max_peak_rss_mb": max(x[lb]["peak_rss_mb"] for x in results["rounds"])} for lb in labels}
         summary["backup_ratio"] = round(summary["drkit backup (psync)"]["median_s"]
                                         / summary["redis-cli --rdb + zstd -3"]["median_s"], 2)
-        for key, label in (("restore_ratio", "drkit restore (dir)"), ("read_only_ratio", "drkit repository read only"),
-                           ("python_restore_ratio", "drkit restore (dir, Python)")):
-            summary[key] = round(summary[label]["median_s"] / summary["zstd -d"]["median_s"], 2)
+        for key, label, baseline in (
+                ("restore_ratio", "drkit restore (dir)", "zstd -d + sync"),  # both durable
+                ("restore_no_sync_ratio", "drkit restore (dir, --no-sync)", "zstd -d"),  # neither
+                ("restore_vs_plain_zstd_ratio", "drkit restore (dir)", "zstd -d"),
+                ("read_only_ratio", "drkit repository read only", "zstd -d"),
+                ("python_restore_ratio", "drkit restore (dir, Python)", "zstd -d")):
+            summary[key] = round(summary[label]["median_s"] / summary[baseline]["median_s"], 2)
         results["summary"] = summary
         print(json.dumps(summary, indent=1), flush=True)
         lag_cfg = args.work / "r0" / "drkit.yaml"

@@ -132,6 +132,8 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
               help="Empty or new directory to restore into (required except for redis --to).")
 @click.option("--start", is_flag=True, help="Start the restored server and wait until it serves.")
 @click.option("--port", type=int, help="Port for the restored server (default: a free one).")
+@click.option("--no-sync", is_flag=True, help="Return without waiting for the restored files to reach the disk: "
+              "faster, but an OS crash soon after can leave them corrupt (as pg_basebackup --no-sync).")
 @click.option("--keep-archiving", is_flag=True, help="Keep archive_mode from the backup (default: off, so a restored copy never archives into the production source).")
 @click.option("--into-dsn", help="Logical backups: pg_restore each database into this server.")
 @click.option("--database", help="Logical backups: only this database.")
@@ -141,7 +143,7 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None, target_dir: Path | None,
-            start: bool, port: int | None, keep_archiving: bool, into_dsn: str | None,
+            start: bool, port: int | None, no_sync: bool, keep_archiving: bool, into_dsn: str | None,
             database: str | None, to_url: str | None, to_password_env: str | None, flush: bool,
             as_json: bool) -> None:
     """Restore SOURCE: the latest state, one backup, or a point in time."""
@@ -151,7 +153,7 @@ def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None
     request = RestoreRequest(
         source=app.config.source(source), target_dir=target_dir.absolute() if target_dir else None,
         backup_id=backup_id, point_in_time=parse_time(pit) if pit else None, start=start, port=port,
-        options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
+        sync=not no_sync, options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
                  "to": to_url, "to_password_env": to_password_env, "flush": flush},
     )
     result = ops.restore(app.config, request)

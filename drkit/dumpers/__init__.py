@@ -52,6 +52,7 @@ class RestoreRequest:
     point_in_time: datetime | None = None
     start: bool = False
     port: int | None = None
+    sync: bool = True  # the restored files are durable before restore returns (see dumpers/durable.py)
     options: dict[str, Any] = field(default_factory=dict)
 
 

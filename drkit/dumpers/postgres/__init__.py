@@ -65,6 +65,8 @@ class PostgresDumper(Dumper):
 
     # -- restore ----------------------------------------------------------------------------
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
+        from drkit.dumpers.durable import sync_tree
+
         from .restore import (
             chown_tree,
             clear_target,
@@ -104,6 +106,8 @@ class PostgresDumper(Dumper):
                 timeline=plan.timeline,
             )
             chown_tree(request.target_dir, self.options.os_user)
+            if request.sync:
+                sync_tree(request.target_dir)
         except BaseException:
             # The directory was empty when we started: leave it so, never half a data directory.
             clear_target(request.target_dir)
@@ -132,6 +136,10 @@ class PostgresDumper(Dumper):
             repo, manifest, request.target_dir, self.options,
             into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
         )
+        if request.sync:
+            from drkit.dumpers.durable import sync_tree
+
+            sync_tree(request.target_dir)
         return RestoreResult(self.source.name, manifest.id, request.target_dir, None,
                              {"download": time.monotonic() - t0}, {"files": written})
 

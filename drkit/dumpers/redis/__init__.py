@@ -136,7 +136,7 @@ class RedisDumper(Dumper):
         r.prepare_target(request.target_dir)
         try:
             details.update(r.restore_to_dir(repo, base, request.target_dir, drop_before_ms=drop_before,
-                                            shift_ms=shift))
+                                            shift_ms=shift, sync=request.sync))
             phases["download"] = time.monotonic() - t1
             if slices or request.start:
                 from drkit.sandbox.ports import free_port

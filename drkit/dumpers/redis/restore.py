@@ -8,7 +8,6 @@ at ``at``.  (Loading the stored RDB as it is would instead drop every key that e
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drkit.dumpers.durable import RestoreFile, sync_dir
 from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - used as r.*
 from drkit.errors import DrkitError, IntegrityError, SourceError
 from drkit.repository import Manifest, Repository
@@ -38,79 +38,28 @@ def _ms(t: datetime) -> int:
 
 
 def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_before_ms: int,
-                   shift_ms: int) -> dict[str, Any]:
+                   shift_ms: int, sync: bool = True) -> dict[str, Any]:
     """Write ``target/dump.rdb``: keys expired at ``drop_before_ms`` dropped, expiries + ``shift_ms``.
 
-    For a restore to the snapshot's own time T: drop_before = T, shift = now - T.
+    For a restore to the snapshot's own time T: drop_before = T, shift = now - T.  ``sync``:
+    the file is durable on return (see :mod:`drkit.dumpers.durable`).
     """
     path = target / "dump.rdb"
     tmp = target / "dump.rdb.drkit-partial"
     # The repository authenticates every chunk, and the backup checked the RDB's CRC64 before it
     # recorded it (rdb_crc64): checking it again here would only cost a pass over the data.
     recorded = manifest.metadata.get("rdb_crc64")
-    with closing(iter_stream(repo, manifest.stream(STREAM))) as chunks, _Writeback(tmp) as dst:
+    with closing(iter_stream(repo, manifest.stream(STREAM))) as chunks, RestoreFile(tmp, sync=sync) as dst:
         stats = rewrite(ChunkStream(chunks), dst, at_ms=drop_before_ms, now_ms=drop_before_ms + shift_ms,
                         verify_crc=recorded is None)
         if recorded is not None and stats.crc_in != int(recorded, 16):  # free: the trailer was read anyway
             raise IntegrityError(f"backup {manifest.id}: the stored RDB ends with CRC64 {stats.crc_in:016x}, "
                                  f"its manifest recorded {recorded}", key=manifest.id)
     tmp.rename(path)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if sync:
+        sync_dir(target)
     return {"rdb": str(path), "keys": stats.keys_kept, "keys_expired_by_then": stats.keys_expired,
             "keys_with_ttl": stats.keys_with_ttl, "bytes_restored": stats.bytes_out}
-
-
-def _sync_file_range() -> Any:
-    try:
-        f = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # not Linux/glibc: the final fsync does all the work
-        return None
-    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return f
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-_WRITEBACK_EVERY = 32 << 20
-
-
-class _Writeback:
-    """Writes ``dump.rdb`` and starts the kernel's writeback of every 32 MiB as soon as it is
-    written (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes
-    overlap the rewrite and the final ``fsync`` (on leaving the ``with`` block without an
-    exception) finds little left.
-
-    (A writer thread of its own, to take the copy into the page cache off the rewrite's thread,
-    was measured: no change in the median of 6 paired restores, +20 MB peak RSS.)
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.pos = self.started = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-        self.pos += len(data)
-        if _SYNC_FILE_RANGE is not None and self.pos - self.started >= _WRITEBACK_EVERY:
-            _SYNC_FILE_RANGE(self.fd, self.started, self.pos - self.started, _SYNC_FILE_RANGE_WRITE)
-            self.started = self.pos
-        return len(data)
-
-    def __enter__(self) -> _Writeback:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        try:
-            if exc_type is None:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
 
 
 def write_conf(target: Path, port: int) -> Path:

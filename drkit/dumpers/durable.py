@@ -1,0 +1,94 @@
+"""Writing restored files so that they are on disk when the restore says it is done.
+
+By default a restore ends with its output durable: a host that crashes right after "restore
+complete" must not come back with a zero-filled or half-written file (for PostgreSQL without data
+checksums that would be silent corruption).  ``drkit restore --no-sync`` skips it, as
+``pg_basebackup --no-sync`` does: the kernel writes the files back on its own within about 30 s,
+and a crash before that needs the restore to be run again.
+
+* :class:`RestoreFile`: one large file (Redis ``dump.rdb``), written through the page cache.
+  With sync, the writeback of every 32 MiB is started as soon as it is written
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes overlap
+  the restore's work and the final ``fsync`` finds little left.
+* :func:`sync_tree`: everything written under a directory (a PostgreSQL data directory of many
+  files): one ``syncfs`` of its file system, as PostgreSQL's ``recovery_init_sync_method=syncfs``.
+
+Measured and not kept: ``O_DIRECT`` writes of 4 MiB blocks from a writer thread.  It saved the
+copy into the page cache (system CPU 0.8 s against 1.5 s for a 1.8 GB restore), but one request
+in flight at a time wrote at 260 MB/s against the page cache's writeback at 400-470 MB/s: 7.2 s
+against 5.5 s.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _libc_function(name: str, *argtypes: Any) -> Any:
+    try:
+        f = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):  # not Linux/glibc
+        return None
+    f.argtypes = list(argtypes)
+    return f
+
+
+_SYNC_FILE_RANGE = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+_SYNCFS = _libc_function("syncfs", ctypes.c_int)
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_EVERY = 32 << 20
+
+
+class RestoreFile:
+    """A new file at ``path`` (truncated if it exists); durable on a clean exit when ``sync``.
+
+    Leaving the ``with`` block without an exception fsyncs the file (if ``sync``); with one, the
+    file is closed as it is and the caller removes it.
+    """
+
+    def __init__(self, path: Path, *, sync: bool = True) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.sync = sync
+        self.size = self._started = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.size += len(data)
+        if self.sync and _SYNC_FILE_RANGE is not None and self.size - self._started >= _WRITEBACK_EVERY:
+            _SYNC_FILE_RANGE(self.fd, self._started, self.size - self._started, _SYNC_FILE_RANGE_WRITE)
+            self._started = self.size
+        return len(data)
+
+    def __enter__(self) -> RestoreFile:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None and self.sync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
+def sync_dir(path: Path) -> None:
+    """Make ``path``'s entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: Path) -> None:
+    """Make everything written under ``path`` durable: one ``syncfs`` of its file system."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS is None or _SYNCFS(fd) != 0:
+            os.sync()  # no syncfs (not Linux), or it failed: every file system
+    finally:
+        os.close(fd)
