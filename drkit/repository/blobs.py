@@ -29,7 +29,9 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
         comps = _local.comps = {}
     comp = comps.get(level)
     if comp is None:
-        comp = comps[level] = zstandard.ZstdCompressor(level=level, write_checksum=False)
+        # The frame's content checksum lets a restore check decompression without rehashing
+        # (see open_chunk); it costs one XXH64 pass, ~10x faster than the BLAKE3 id.
+        comp = comps[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
     return comp
 
 
@@ -57,21 +59,36 @@ def seal_chunk(
     return blob_id, keys.seal_parts(_RAW_FLAG, data, blob_aad(blob_id))
 
 
-def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, what: str) -> bytes:
-    """Decrypt, decompress and verify one stored chunk; raise IntegrityError naming ``what``."""
+def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, what: str,
+               rehash: bool = True) -> bytes:
+    """Decrypt, decompress and verify one stored chunk; raise IntegrityError naming ``what``.
+
+    With ``rehash=False`` (the restore path) the keyed BLAKE3 id is not recomputed for a chunk
+    whose zstd frame carries a content checksum: AES-GCM has authenticated the sealed bytes and
+    the id they are stored under (the aad), the backup's self-check proved that those bytes
+    decompress to the chunk whose hash is the id, and zstd checks the decompressed output against
+    the checksum taken when it was compressed.  That leaves the id proven for everything but a
+    forgery by a holder of the repository key, who could write any manifest anyway; ``drkit
+    verify`` still rehashes every chunk.  It saves a BLAKE3 pass over everything restored (~0.9
+    CPU s per 1.8 GB on the machines measured).  Chunks without a checksum (written before drkit
+    stored one) and raw chunks are always rehashed.
+    """
     blob_id = bytes.fromhex(blob_id_hex)
     payload = keys.open(sealed, blob_aad(blob_id), what=what)
     flag = payload[0]
+    checked = False
     if flag == BLOB_ZSTD:
-        try:  # a view, not payload[1:]: that would copy every compressed chunk once more
-            data = _decompressor().decompress(memoryview(payload)[1:], max_output_size=raw_length)
+        body = memoryview(payload)[1:]  # a view, not payload[1:]: that would copy every compressed chunk once more
+        try:
+            checked = not rehash and zstandard.get_frame_parameters(body).has_checksum
+            data = _decompressor().decompress(body, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{what}: chunk {blob_id_hex[:16]} does not decompress: {exc}", key=what) from None
     elif flag == BLOB_RAW:
         data = payload[1:]
     else:
         raise IntegrityError(f"{what}: chunk {blob_id_hex[:16]} has unknown encoding {flag}", key=what)
-    if len(data) != raw_length or keys.chunk_id(data) != blob_id:
+    if len(data) != raw_length or (not checked and keys.chunk_id(data) != blob_id):
         raise IntegrityError(f"{what}: chunk {blob_id_hex[:16]} content does not match its id", key=what)
     return data
 

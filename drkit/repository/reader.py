@@ -19,13 +19,15 @@ if TYPE_CHECKING:
     from drkit.repository.repo import Repository
 
 
-def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True) -> bytes:
-    """Fetch one chunk by its reference; fall back to the index if the location hint is stale."""
+def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True, rehash: bool = True) -> bytes:
+    """Fetch one chunk by its reference; fall back to the index if the location hint is stale.
+
+    ``rehash``: see :func:`~drkit.repository.blobs.open_chunk`."""
     blob_id, pack, offset, length, raw = ref
     key = pack_key(pack)
     try:
         sealed = repo.storage.get(key, int(offset), int(length))
-        return open_chunk(repo.keys, sealed, blob_id, int(raw), what=key)
+        return open_chunk(repo.keys, sealed, blob_id, int(raw), what=key, rehash=rehash)
     except (IntegrityError, NotFoundError, StorageError) as first:
         if not fallback:
             if isinstance(first, IntegrityError):
@@ -40,7 +42,7 @@ def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True) -> bytes:
             ) from None
         alt = pack_key(loc.pack)
         sealed = repo.storage.get(alt, loc.offset, loc.length)
-        return open_chunk(repo.keys, sealed, blob_id, loc.raw_length, what=alt)
+        return open_chunk(repo.keys, sealed, blob_id, loc.raw_length, what=alt, rehash=rehash)
 
 
 def _background() -> None:
@@ -63,19 +65,19 @@ def iter_stream(repo: Repository, ref: StreamRef, *, prefetch: int = 8, threads:
         window: deque[Future[bytes]] = deque()
         refs = iter(ref.chunks)
         for chunk_ref in refs:
-            window.append(pool.submit(fetch_chunk, repo, chunk_ref))
+            window.append(pool.submit(fetch_chunk, repo, chunk_ref, rehash=False))
             if len(window) >= prefetch:
                 break
         while window:
             data = window.popleft().result()
             nxt = next(refs, None)
             if nxt is not None:
-                window.append(pool.submit(fetch_chunk, repo, nxt))
+                window.append(pool.submit(fetch_chunk, repo, nxt, rehash=False))
             size += len(data)
             yield data
     finally:  # also when the consumer stops early (an error, or the generator closed)
         pool.shutdown(wait=True, cancel_futures=True)
-    # Every chunk was verified against its id as it arrived; the digest binds the id list.
+    # Every chunk was proven to be its id as it arrived (open_chunk); the digest binds the id list.
     if size != ref.size or repo.keys.stream_digest([c[0] for c in ref.chunks], size) != ref.digest:
         raise IntegrityError(
             f"stream {ref.name}: reassembled {size} bytes do not match the recorded digest/size "

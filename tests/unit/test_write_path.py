@@ -410,3 +410,54 @@ def test_write_chunks_roundtrips_and_refuses_oversized_chunks(tmp_path):
         session.write_chunks("big", iter([bytearray(session.cdc.max_size + 1)]))
     session.finish()
     assert repo.open_stream(ref).read() == b"".join(parts)
+
+
+def _seal_frame(keys: Keys, frame: bytes, blob_id: bytes) -> bytes:
+    return keys.seal_parts(bytes([BLOB_ZSTD]), frame, blob_aad(blob_id))
+
+
+def test_new_blobs_carry_a_zstd_checksum_and_restores_trust_it_without_rehashing(keys, monkeypatch):
+    import zstandard
+
+    data = _chunk()
+    prep = blobs.prepare(keys, data, 3, None)
+    payload = keys.open(prep.sealed, blob_aad(bytes.fromhex(prep.id)), what="t")
+    assert zstandard.get_frame_parameters(payload[1:]).has_checksum
+    hashed: list[int] = []
+    real_id = Keys.chunk_id
+    monkeypatch.setattr(Keys, "chunk_id", lambda self, d: (hashed.append(len(d)), real_id(self, d))[1])
+    assert blobs.open_chunk(keys, prep.sealed, prep.id, len(data), what="t", rehash=False) == data
+    assert hashed == []  # the restore path: GCM + the frame checksum
+    assert blobs.open_chunk(keys, prep.sealed, prep.id, len(data), what="t") == data
+    assert hashed == [len(data)]  # verify's path rehashes
+
+
+def test_a_decompression_that_misses_the_checksum_is_refused_on_the_restore_path(keys):
+    import zstandard
+
+    data = _chunk()
+    blob_id = keys.chunk_id(data)
+    frame = bytearray(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
+    frame[-1] ^= 0x10  # the output no longer matches the checksum taken at compression
+    sealed = _seal_frame(keys, bytes(frame), blob_id)
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        blobs.open_chunk(keys, sealed, blob_id.hex(), len(data), what="t", rehash=False)
+
+
+def test_frames_without_a_checksum_are_always_rehashed(keys):
+    import zstandard
+
+    data = _chunk()
+    wrong = bytearray(data)
+    wrong[1000] ^= 1
+    old_style = zstandard.ZstdCompressor(level=3, write_checksum=False).compress(bytes(wrong))
+    blob_id = keys.chunk_id(data)  # sealed under the id of other bytes (a writer fault)
+    sealed = _seal_frame(keys, old_style, blob_id)
+    for rehash in (True, False):
+        with pytest.raises(IntegrityError, match="does not match its id"):
+            blobs.open_chunk(keys, sealed, blob_id.hex(), len(data), what="t", rehash=rehash)
+    # A checksummed frame of other bytes under this id is what only the self-check (at backup)
+    # and verify's rehash find: verify does.
+    sealed = _seal_frame(keys, zstandard.ZstdCompressor(level=3, write_checksum=True).compress(bytes(wrong)), blob_id)
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        blobs.open_chunk(keys, sealed, blob_id.hex(), len(data), what="t")
