@@ -6,6 +6,7 @@ import io
 import itertools
 import os
 import struct
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -576,14 +577,16 @@ def test_native_scan_argument_checks() -> None:
         return
     scan = rdb_mod._rdbscan.scan  # type: ignore[union-attr]
     with pytest.raises(ValueError):
-        scan(b"abc", 4, 0, bytearray(), 0, 0)
+        scan(b"abc", 4, 0, bytearray(), 0, 0, 0)
     with pytest.raises(ValueError):
-        scan(b"abc", 1, 2, bytearray(), 0, 0)
-    with pytest.raises(TypeError):
-        scan(b"abc", 0, 0, b"", 0, 0)
+        scan(b"abc", 1, 2, bytearray(), 0, 0, 0)
+    with pytest.raises(ValueError):
+        scan(b"abc", 0, 0, bytearray(4), 5, 0, 0)  # used beyond the buffer
+    with pytest.raises(BufferError):
+        scan(b"abc", 0, 0, b"", 0, 0, 0)  # not writable
     with pytest.raises(TypeError):
         scan(b"abc", 0, 0, bytearray())
-    assert scan(b"", 0, 0, bytearray(), 0, 0) == (~0, 0, 0, 0, 0)
+    assert scan(b"", 0, 0, bytearray(), 0, 0, 0) == (~0, 0, 0, 0, 0, 0, 0)
     # The scanner itself takes every key record of the handled types, whatever its prefixes (so a
     # change that made it give up early, still byte-identical, would be noticed here).
     handled = [(t, v) for t, v in VALUES if t not in (15, 19, 21)]
@@ -591,15 +594,48 @@ def test_native_scan_argument_checks() -> None:
     body = b"".join(key(t, b"k%d" % i, v, prefix_bytes(combos[i % len(combos)], AT + 1000 * (i % 3 - 1)))
                     for i, (t, v) in enumerate(handled * 4))
     data = rdb(body)
-    out = bytearray()
-    nxt, run, kept, expired, with_ttl = scan(data, 9, 0, out, AT, NOW - AT)
-    assert nxt == len(data) - 9 and data[nxt] == 0xFF  # stopped at EOF, not before
+    out = bytearray(len(data) * 2)
+    nxt, run, kept, expired, with_ttl, used, full = scan(data, 9, 0, out, 0, AT, NOW - AT)
+    assert nxt == len(data) - 9 and data[nxt] == 0xFF and not full  # stopped at EOF, not before
     assert kept + expired == len(handled) * 4 and expired > 0 and with_ttl > 0
     want, stats = run_rewrite(data, False, at_ms=AT, now_ms=NOW)
-    assert bytes(out) + data[run:nxt] == want[:nxt + len(want) - len(data)]
+    assert bytes(out[:used]) + data[run:nxt] == want[:nxt + len(want) - len(data)]
     assert (stats.keys_kept, stats.keys_expired, stats.keys_with_ttl) == (kept, expired, with_ttl)
-    assert scan(data[:40], 9, 0, bytearray(), AT, 0)[0] < 0  # an incomplete record
-    assert scan(b"\xfe\x00", 0, 0, bytearray(), 0, 0) == (0, 0, 0, 0, 0)  # SELECTDB: not handled
+    assert scan(data[:40], 9, 0, bytearray(100), 0, AT, 0)[0] < 0  # an incomplete record
+    assert scan(b"\xfe\x00", 0, 0, bytearray(), 0, 0, 0) == (0, 0, 0, 0, 0, 0, 0)  # SELECTDB: not handled
+    # A buffer too small for the next copy: it stops at that key, says so, and has not touched
+    # the bytes after what it reports as used.
+    small = bytearray(b"\xee" * 64)
+    nxt, run, kept, expired, with_ttl, used, full = scan(data, 9, 0, small, 10, AT, NOW - AT)
+    assert full and used <= 64 and small[used:] == b"\xee" * (64 - used) and 9 <= run <= nxt < len(data) - 9
+
+
+def test_rewrite_through_a_small_output_buffer_is_unchanged(monkeypatch) -> None:
+    """The fixed output buffer fills up (the scanner's full=1 path, and records larger than the
+    whole buffer, which the Python path writes straight through): the output is the same."""
+    body = b"".join(key(0, b"k%d" % i, s(b"v" * (i % 7 * 40)),
+                        prefix_bytes((b"\xfc",) if i % 4 else (), AT + 1000 * (i % 3 - 1)))
+                    for i in range(300))
+    body += key(0, b"big", s(b"x" * 5000), prefix_bytes((b"\xfc",), AT + 1000))
+    data = rdb(body)
+    want, stats = run_rewrite(data, False, at_ms=AT, now_ms=NOW)
+    assert stats.keys_expired > 100 and stats.keys_with_ttl > 50
+    monkeypatch.setattr(rdb_mod, "_BUF", 512)
+    monkeypatch.setattr(rdb_mod, "_OUT", 256)
+    got, _ = run_rewrite(data, False, at_ms=AT, now_ms=NOW)
+    assert got == want
+    if NATIVE:
+        real, fulls = rdb_mod._rdbscan.scan, []  # type: ignore[union-attr]
+
+        def counting(*args):
+            res = real(*args)
+            fulls.append(res[-1])
+            return res
+
+        monkeypatch.setattr(rdb_mod, "_rdbscan", types.SimpleNamespace(scan=counting))
+        got, _ = run_rewrite(data, True, at_ms=AT, now_ms=NOW)
+        assert got == want
+        assert sum(fulls) > 10  # the full path was taken, often
 
 
 OTHER_RECORDS = [b"\xfa" + s(b"aux") + s(b"val"), b"\xfe\x01", b"\xfe\x00", b"\xfb\x05\x02",

@@ -2,12 +2,14 @@
  * Native fast path of drkit.dumpers.redis.rdb.rewrite(): scan a window of RDB key records and
  * copy / drop / re-prefix them, stopping at the first record it does not fully handle.
  *
- * scan(buf, pos, run, out, at_ms, shift) -> (next, run, kept, expired, with_ttl)
+ * scan(buf, pos, run, out, used, at_ms, shift) -> (next, run, kept, expired, with_ttl, used, full)
  *
  *   buf    the parser's current window (any contiguous buffer)
  *   pos    where the next record starts in buf
  *   run    start of the pending run of unchanged bytes (buf[run:pos] not yet copied to out)
- *   out    a bytearray: bytes that cannot stay in the pending run are appended to it
+ *   out    a writable buffer of fixed size (the caller's output buffer, never resized here)
+ *   used   how much of out is already filled; bytes that cannot stay in the pending run go
+ *          after it, and the new fill is returned
  *   at_ms  keys whose absolute expiry (Unix ms) is <= at_ms are dropped
  *   shift  added to every kept expiry, which is written as EXPIRETIME_MS
  *
@@ -22,7 +24,9 @@
  * next >= 0: the record at next was not handled (next == pos: none was handled).
  * next < 0:  the record at ~next is incomplete in buf (the caller reads more and calls again).
  * Bytes of unchanged records stay in the run; for a dropped or rewritten record, buf[run:start]
- * is appended to out (then the rewritten record) and run moves past the record.
+ * is copied into out (then the rewritten record) and run moves past the record.
+ * full = 1: that copy did not fit in out; next is the record's start, and the caller empties
+ * out, writes buf[run:next] itself and calls again (run = next).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -348,48 +352,40 @@ parse_key(buf_t b, Py_ssize_t n, Py_ssize_t p, keyrec *k)
     return S_OK;
 }
 
-static int
-append(PyObject *out, const void *data, Py_ssize_t len)
-{
-    if (len <= 0)
-        return 0;
-    Py_ssize_t have = PyByteArray_GET_SIZE(out);
-    if (PyByteArray_Resize(out, have + len) < 0)
-        return -1;
-    memcpy(PyByteArray_AS_STRING(out) + have, data, (size_t)len);
-    return 0;
-}
-
 static PyObject *
 scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "scan(buf, pos, run, out, at_ms, shift) takes 6 arguments");
-        return NULL;
-    }
-    PyObject *out = args[3];
-    if (!PyByteArray_Check(out)) {
-        PyErr_SetString(PyExc_TypeError, "out must be a bytearray");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "scan(buf, pos, run, out, used, at_ms, shift) takes 7 arguments");
         return NULL;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     Py_ssize_t run = PyLong_AsSsize_t(args[2]);
-    long long at = PyLong_AsLongLong(args[4]);
-    long long shift = PyLong_AsLongLong(args[5]);
+    Py_ssize_t used = PyLong_AsSsize_t(args[4]);
+    long long at = PyLong_AsLongLong(args[5]);
+    long long shift = PyLong_AsLongLong(args[6]);
     if (PyErr_Occurred())
         return NULL;
-    Py_buffer view;
+    Py_buffer view, outv;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    if (PyObject_GetBuffer(args[3], &outv, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     buf_t b = (buf_t)view.buf;
     Py_ssize_t n = view.len;
-    if (pos < 0 || pos > n || run < 0 || run > pos) {
+    char *obuf = (char *)outv.buf;
+    Py_ssize_t cap = outv.len;
+    if (pos < 0 || pos > n || run < 0 || run > pos || used < 0 || used > cap) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "scan: need 0 <= run <= pos <= len(buf)");
+        PyBuffer_Release(&outv);
+        PyErr_SetString(PyExc_ValueError, "scan: need 0 <= run <= pos <= len(buf) and 0 <= used <= len(out)");
         return NULL;
     }
     Py_ssize_t kept = 0, expired = 0, with_ttl = 0, next;
+    int full = 0;
     keyrec k;
     unsigned char ms[9];
     for (;;) {
@@ -405,9 +401,14 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!k.has_exp) {
             kept++;
         } else if (k.exp <= at) {
+            if (used + (pos - run) > cap) { /* the run before it does not fit: the caller writes it */
+                next = pos;
+                full = 1;
+                break;
+            }
+            memcpy(obuf + used, b + run, (size_t)(pos - run));
+            used += pos - run;
             expired++;
-            if (append(out, b + run, pos - run) < 0)
-                goto fail;
             run = k.end;
         } else {
             int64_t v = k.exp;
@@ -416,17 +417,19 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 next = pos; /* out of the Python path's range ('<BQ'): let it raise */
                 break;
             }
+            Py_ssize_t total = (pos - run) + 9 + (k.end - k.body);
+            for (int i = 0; i < k.npre; i++)
+                total += k.pre[i][1] - k.pre[i][0];
+            if (used + total > cap) {
+                next = pos;
+                full = 1;
+                break;
+            }
             uint64_t nv = (uint64_t)(v + shift);
             ms[0] = 0xFC;
             for (int i = 0; i < 8; i++)
                 ms[1 + i] = (unsigned char)(nv >> (8 * i));
-            Py_ssize_t total = (pos - run) + 9 + (k.end - k.body);
-            for (int i = 0; i < k.npre; i++)
-                total += k.pre[i][1] - k.pre[i][0];
-            Py_ssize_t have = PyByteArray_GET_SIZE(out);
-            if (PyByteArray_Resize(out, have + total) < 0)
-                goto fail;
-            char *o = PyByteArray_AS_STRING(out) + have;
+            char *o = obuf + used;
             memcpy(o, b + run, (size_t)(pos - run));
             o += pos - run;
             memcpy(o, ms, 9);
@@ -436,6 +439,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 o += k.pre[i][1] - k.pre[i][0];
             }
             memcpy(o, b + k.body, (size_t)(k.end - k.body));
+            used += total;
             kept++;
             with_ttl++;
             run = k.end;
@@ -443,15 +447,13 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos = k.end;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nnnnn)", next, run, kept, expired, with_ttl);
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
+    PyBuffer_Release(&outv);
+    return Py_BuildValue("(nnnnnni)", next, run, kept, expired, with_ttl, used, full);
 }
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(buf, pos, run, out, at_ms, shift) -> (next, run, kept, expired, with_ttl)"},
+     "scan(buf, pos, run, out, used, at_ms, shift) -> (next, run, kept, expired, with_ttl, used, full)"},
     {NULL, NULL, 0, NULL},
 };
 
