@@ -1,9 +1,9 @@
 """Turning chunks into sealed blobs and back, with the in-memory self-check.
 
 ``prepare`` runs in worker threads (BLAKE3, zstd and AES-GCM release the GIL): it hashes,
-compresses, encrypts, and then decrypts, decompresses and compares the result byte for byte with
-the chunk before it may be uploaded, so a faulty compression or crypto library cannot silently
-store bytes that will not restore.
+compresses, encrypts, and then decrypts, decompresses and hashes the result again before the blob
+may be uploaded, so a faulty compression or crypto library (or memory) cannot silently store
+bytes that are not the chunk its id names.
 """
 
 from __future__ import annotations
@@ -64,14 +64,15 @@ def open_chunk(keys: Keys, sealed: bytes, blob_id_hex: str, raw_length: int, *, 
     """Decrypt, decompress and verify one stored chunk; raise IntegrityError naming ``what``.
 
     With ``rehash=False`` (the restore path) the keyed BLAKE3 id is not recomputed for a chunk
-    whose zstd frame carries a content checksum: AES-GCM has authenticated the sealed bytes and
-    the id they are stored under (the aad), the backup's self-check proved that those bytes
-    decompress to the chunk whose hash is the id, and zstd checks the decompressed output against
-    the checksum taken when it was compressed.  That leaves the id proven for everything but a
-    forgery by a holder of the repository key, who could write any manifest anyway; ``drkit
-    verify`` still rehashes every chunk.  It saves a BLAKE3 pass over everything restored (~0.9
-    CPU s per 1.8 GB on the machines measured).  Chunks without a checksum (written before drkit
-    stored one) and raw chunks are always rehashed.
+    whose zstd frame carries a content checksum.  AES-GCM has authenticated the sealed bytes and
+    the id they are stored under (the aad); before upload, the writer's :func:`self_check`
+    decompressed those very bytes and found that they hash to the id (the format requires this of
+    any writer of checksummed frames, docs/repository-format.md); and zstd checks the
+    decompressed output against the checksum (low 32 bits of XXH64) taken at compression, which
+    catches a decompression that goes wrong here.  ``drkit verify`` still rehashes every chunk.
+    It saves a BLAKE3 pass over everything restored (~0.9 CPU s per 1.8 GB on the machines
+    measured).  Chunks without a checksum (written before drkit stored one) and raw chunks are
+    always rehashed.
     """
     blob_id = bytes.fromhex(blob_id_hex)
     payload = keys.open(sealed, blob_aad(blob_id), what=what)
@@ -105,12 +106,14 @@ def prepare(keys: Keys, data: bytes | memoryview, level: int, known: object | No
 
 
 def self_check(keys: Keys, sealed: bytes, blob_id: bytes, data: bytes | memoryview) -> None:
-    """Open a freshly sealed blob the way a restore will and compare it with the chunk.
+    """Open a freshly sealed blob the way a restore will and check it is the chunk ``blob_id``.
 
-    Decrypts (checking the GCM tag and the aad that binds the chunk id), decompresses, and
-    compares the result byte for byte with the original chunk, whose keyed hash *is* ``blob_id``:
-    equal bytes hash to the same id, so a restore's hash check of these bytes must pass.  The
-    comparison replaces a second BLAKE3 pass over the chunk (memcmp is ~10x cheaper).
+    Decrypts (checking the GCM tag and the aad that binds the chunk id), decompresses (zstd checks
+    its content checksum), and recomputes the keyed BLAKE3 of the result: it must be ``blob_id``.
+    Hashing the result, not comparing it with ``data``, is what lets a restore trust a
+    checksummed frame without rehashing (see :func:`open_chunk`): a comparison would pass if
+    ``data`` changed between being hashed and being compressed (a memory fault, or a caller that
+    reused the buffer), and the blob would then hold other bytes under the id.
     """
     hex_id = blob_id.hex()
     what = f"self-check of new chunk {hex_id[:16]}"
@@ -121,10 +124,9 @@ def self_check(keys: Keys, sealed: bytes, blob_id: bytes, data: bytes | memoryvi
             out = _decompressor().decompress(memoryview(payload)[1:], max_output_size=len(data))
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{what}: does not decompress: {exc}", key=what) from None
-        same = out == data
     elif flag == BLOB_RAW:
-        same = memoryview(payload)[1:] == data
+        out = memoryview(payload)[1:]
     else:
-        same = False
-    if not same:
+        raise IntegrityError(f"{what}: unknown encoding {flag}", key=what)
+    if len(out) != len(data) or keys.chunk_id(out) != blob_id:
         raise IntegrityError(f"{what}: sealed blob does not restore to the chunk", key=what)

@@ -219,3 +219,29 @@ def test_key_rotation_rewraps_without_rewriting_data(storage):
     assert loaded.id == m.id
     assert {i.key: i.size for i in storage.list("data/")} == data_before
     assert [k["in_use"] for k in again.list_keys()] == [True]
+
+
+def test_verify_rehashes_what_restores_trust(storage, monkeypatch):
+    """A blob holding other bytes than its id names, with a valid GCM tag and zstd checksum, can
+    only come from a writer whose self-check did not run: restores trust checksummed frames
+    (docs/repository-format.md), so verify must rehash every chunk and name it."""
+    import zstandard
+
+    from drkit.repository import blobs
+    from drkit.verify import verify
+
+    class Mutating:  # one zstd compressor per call: they are not thread-safe
+        def compress(self, data):
+            wrong = bytearray(data)
+            wrong[10] ^= 0x01
+            return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(bytes(wrong))
+
+    repo = Repository.init(storage, wrapper())
+    with monkeypatch.context() as m:
+        m.setattr(blobs, "_compressor", lambda level: Mutating())
+        m.setattr(blobs, "self_check", lambda *a: None)  # the faulty writer
+        bad = backup(repo, "db", {"s": realistic(2 * 1024 * 1024)})
+    report = verify(Repository.open(storage, wrapper()))
+    assert report.problems, "verify must rehash and find the chunk that is not its id"
+    assert all("does not match its id" in p["error"] for p in report.problems)
+    assert {a for p in report.problems for a in p["affects"]} == {f"backup db/{bad.id}"}

@@ -63,6 +63,21 @@ def test_self_check_catches_a_faulty_compressor(keys, monkeypatch):
         blobs.prepare(keys, _chunk(), 3, None)
 
 
+def test_self_check_catches_a_chunk_that_changed_between_hash_and_compression(keys, monkeypatch):
+    """The buffer changes after its id was taken (a memory fault, or a caller reusing it): the
+    compressed bytes and the buffer still agree, but not with the id -- so the self-check hashes."""
+    real = blobs._compressor(3)
+
+    class Mutating:
+        def compress(self, data):
+            data[100] ^= 0x01  # the caller's buffer itself
+            return real.compress(data)
+
+    monkeypatch.setattr(blobs, "_compressor", lambda level: Mutating())
+    with pytest.raises(IntegrityError, match="self-check"):
+        blobs.prepare(keys, bytearray(_chunk()), 3, None)
+
+
 def test_self_check_catches_undecodable_compression(keys, monkeypatch):
     class Garbage:
         def compress(self, data):
