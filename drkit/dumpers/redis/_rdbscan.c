@@ -465,5 +465,11 @@ static struct PyModuleDef moddef = {
 PyMODINIT_FUNC
 PyInit__rdbscan(void)
 {
-    return PyModule_Create(&moddef);
+    PyObject *m = PyModule_Create(&moddef);
+    /* The scan() interface version; rdb.py uses this module only if it expects the same one. */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -51,10 +51,18 @@ __all__ = [
     "native_available", "restore_payload", "rewrite",
 ]
 
+_ABI = 2  # the _rdbscan.scan() interface this module calls (the C module's ABI constant)
+_STALE: str | None = None  # why a built _rdbscan is not used
 try:  # the optional C extension (setup.py); without it rewrite() runs the pure-Python path
     from . import _rdbscan
 except ImportError:  # pragma: no cover - depends on the build
     _rdbscan = None
+else:
+    if getattr(_rdbscan, "ABI", 1) != _ABI:  # built from an older _rdbscan.c (a pull without a rebuild)
+        _STALE = (f"{_rdbscan.__file__} was built from another version of _rdbscan.c (interface "
+                  f"{getattr(_rdbscan, 'ABI', 1)}, this drkit needs {_ABI}): rebuild it with scripts/install.sh "
+                  "or `pip install -e .`")
+        _rdbscan = None
 
 MAX_VERSION = 11  # Redis 7.2
 _CRC = anycrc.Model("CRC64-REDIS")
@@ -522,9 +530,14 @@ def native_available() -> bool:
 
 def _use_native(native: bool | None, at_ms: int, shift: int) -> bool:
     if native is None:
-        native = _rdbscan is not None and os.environ.get("DRKIT_RDB_NATIVE", "1") != "0"
+        wanted = os.environ.get("DRKIT_RDB_NATIVE", "1") != "0"
+        if wanted and _STALE is not None:
+            import logging
+
+            logging.getLogger("drkit.redis").warning("native RDB scanner not used (slower restore): %s", _STALE)
+        native = wanted and _rdbscan is not None
     elif native and _rdbscan is None:
-        raise RuntimeError("the native RDB scanner (drkit.dumpers.redis._rdbscan) is not built")
+        raise RuntimeError(_STALE or "the native RDB scanner (drkit.dumpers.redis._rdbscan) is not built")
     return native and -(1 << 63) <= at_ms < 1 << 63 and -(1 << 63) <= shift < 1 << 63
 
 
@@ -536,6 +549,8 @@ class _Sink:
     measured.  Runs of unchanged input go out straight from the parser's window, not copied.
     Other output collects in one buffer of fixed size, reused after each spill: a growing
     bytearray was reallocated (and copied) at most appends, ~0.25 CPU s per 1.8 GB restore.
+    So ``dst.write`` must be done with the bytes when it returns (a file's write, BytesIO);
+    one that kept the view to write later would see it overwritten.
     """
 
     def __init__(self, dst: IO[bytes]) -> None:
@@ -573,7 +588,7 @@ class _Sink:
 
 _OUT = 1 << 20
 _EOF = bytes([T.OP_EOF])
-_BUF = 2 * _OUT  # spilled once it holds _OUT: room for one more record of up to _OUT
+_BUF = 2 * _OUT  # the output buffer: spilled once it holds _OUT or the next copy would not fit
 
 
 def rewrite(src: IO[bytes] | ChunkStream, dst: IO[bytes], *, at_ms: int, now_ms: int,
@@ -584,6 +599,7 @@ def rewrite(src: IO[bytes] | ChunkStream, dst: IO[bytes], *, at_ms: int, now_ms:
     ``at_ms``: expiry + (now_ms - at_ms), always written as EXPIRETIME_MS.  Aux fields, function
     libraries, IDLE/FREQ and RESIZEDB hints are copied as they are; the CRC64 is recomputed.
     ``src`` is fully validated (raises :class:`RdbError`); ``dst`` may be left partial then.
+    ``dst.write`` must have consumed its argument when it returns (the buffer is reused).
     ``chunk_size`` is the read size (the parser's window grows beyond it for larger records).
     ``verify_crc=False``: see :class:`RdbParser` (the structure is still checked in full).
 
