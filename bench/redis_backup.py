@@ -195,6 +195,7 @@ def main() -> int:
             backup = json.loads(dk.stdout)
             (rd / "zr").mkdir()
             zr = measure("zstd -d", ["zstd", "-d", "-q", "-f", f"{rdb}.zst", "-o", str(rd / "zr" / "dump.rdb")])
+            (rd / "zr" / "dump.rdb").unlink()  # a new file, as drkit writes (not a truncated one)
             zs = measure("zstd -d + sync", ["sh", "-c", f"zstd -d -q -f {rdb}.zst -o {rd}/zr/dump.rdb && "
                                             f"sync {rd}/zr/dump.rdb"])
             dr = measure("drkit restore (dir)", [DRKIT, "--config", str(cfg), "restore", "cache", "--backup",

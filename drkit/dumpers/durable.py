@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def _libc_function(name: str, *argtypes: Any) -> Any:
 _SYNC_FILE_RANGE = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_EVERY = 32 << 20
+_WRITEBACK_QUEUE = 16  # ranges not yet handed to the kernel: at most 512 MiB ahead
 
 
 class RestoreFile:
@@ -57,14 +59,19 @@ class RestoreFile:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.sync = sync
         self.size = self._started = 0
-        self._ranges: queue.SimpleQueue[tuple[int, int] | None] | None = None
+        self._ranges: queue.Queue[tuple[int, int] | None] | None = None
         self._flusher: threading.Thread | None = None
+        self._abort = False
         if sync and _SYNC_FILE_RANGE is not None:
-            self._ranges = queue.SimpleQueue()
-            self._flusher = threading.Thread(target=self._writeback, name="drkit-writeback", daemon=True)
+            # The thread has its own descriptor: if closing is interrupted while it still runs, it
+            # can never act on whatever file reuses our descriptor's number.
+            self._ranges = queue.Queue(maxsize=_WRITEBACK_QUEUE)
+            self._flusher = threading.Thread(target=self._writeback, args=(os.dup(self.fd),),
+                                             name="drkit-writeback", daemon=True)
             self._flusher.start()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write all of ``data`` before returning (the caller may reuse its buffer at once)."""
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
@@ -74,10 +81,14 @@ class RestoreFile:
             self._started = self.size
         return len(data)
 
-    def _writeback(self) -> None:
+    def _writeback(self, fd: int) -> None:
         assert self._ranges is not None
-        while (item := self._ranges.get()) is not None:
-            _SYNC_FILE_RANGE(self.fd, item[0], item[1], _SYNC_FILE_RANGE_WRITE)  # errors: fsync reports them
+        try:
+            while (item := self._ranges.get()) is not None:
+                if not self._abort:  # a failed restore's file is about to be deleted: no writeback
+                    _SYNC_FILE_RANGE(fd, item[0], item[1], _SYNC_FILE_RANGE_WRITE)  # errors: fsync reports them
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> RestoreFile:
         return self
@@ -86,6 +97,7 @@ class RestoreFile:
         try:
             if self._flusher is not None:
                 assert self._ranges is not None
+                self._abort = exc_type is not None
                 self._ranges.put(None)
                 self._flusher.join()
             if exc_type is None and self.sync:
@@ -104,19 +116,24 @@ def sync_dir(path: Path) -> None:
 
 
 def sync_tree(path: Path) -> None:
-    """Make every file and directory under ``path`` durable, as ``initdb``/``pg_basebackup`` do
-    (``fsync_pgdata``): first start the writeback of every file without waiting, so the disk
-    works on all of them at once, then ``fsync`` each file, then each directory, deepest first.
+    """Make every regular file and directory under ``path``, and ``path``'s own entry in its
+    parent, durable, as ``initdb``/``pg_basebackup`` do (``fsync_pgdata``): first start the
+    writeback of every file without waiting, so the disk works on all of them at once, then
+    ``fsync`` each file, then each directory, deepest first, then the parent.
 
     (A ``syncfs`` would be one call, but it also waits for every other dirty file on that file
     system -- the production database's, if the restore lands beside it.)  Symbolic links are
-    not followed.
+    neither followed nor opened, nor are FIFOs, sockets or devices (opening a FIFO would block):
+    what drkit restores today has none inside the tree (tablespaces are refused at backup).
     """
     files: list[str] = []
     dirs: list[str] = []
     for root, _, names in os.walk(path, onerror=_raise):
         dirs.append(root)
-        files.extend(f for f in (os.path.join(root, n) for n in names) if not os.path.islink(f))
+        for name in names:
+            full = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                files.append(full)
     if _SYNC_FILE_RANGE is not None:
         for f in files:
             fd = os.open(f, os.O_RDONLY)
@@ -130,6 +147,7 @@ def sync_tree(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    sync_dir(Path(path).absolute().parent)
 
 
 def _raise(exc: OSError) -> None:

@@ -183,6 +183,7 @@ def test_full_backup_round_trips_every_type(renv: RedisEnv, source: str):
     res = json.loads(renv.drkit("restore", source, "--backup", out["id"], "--target-dir", str(target),
                                 "--start", "--json", *no_sync).stdout)
     renv.started_pids.append(res["pid"])
+    assert res["durable"] is (not no_sync)
     with redis.Redis(port=res["port"]) as r:
         after = snapshot(r)
         assert after == before
@@ -208,6 +209,8 @@ def test_restore_into_running_instance_refuses_non_empty_and_keeps_ttls_relative
     args = ["restore", "cache", "--backup", backup["id"], "--to", target.url, "--to-password-env", "TPW", "--json"]
     refused = renv.drkit(*args, check=False, env={"TPW": "target-pw"})
     assert refused.returncode != 0 and "not empty" in refused.stderr and "--flush" in refused.stderr
+    meaningless = renv.drkit(*args, "--flush", "--no-sync", check=False, env={"TPW": "target-pw"})
+    assert meaningless.returncode == 2 and "--no-sync applies to --target-dir" in meaningless.stderr
     with target.client() as t:
         assert t.get("someone-elses") == b"data"  # nothing was touched
     done = json.loads(renv.drkit(*args, "--flush", env={"TPW": "target-pw"}).stdout)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import threading
 
 import pytest
 
@@ -40,18 +43,55 @@ def test_no_sync_writes_the_same_bytes_and_never_waits_for_the_disk(tmp_path, ca
     assert calls == []
 
 
-def test_an_error_inside_the_block_closes_without_fsync_and_propagates(tmp_path, calls):
+def test_an_error_inside_the_block_closes_without_fsync_and_propagates(tmp_path, calls, monkeypatch):
+    closed: list[int] = []
+    real_close = os.close
+    monkeypatch.setattr(durable.os, "close", lambda fd: (closed.append(fd), real_close(fd))[1])
     with pytest.raises(RuntimeError), durable.RestoreFile(tmp_path / "f") as f:
         f.write(b"partial")
         raise RuntimeError("rewrite failed")
     assert ("fsync",) not in calls
-    with pytest.raises(OSError):
-        os.fstat(f.fd)  # closed
+    assert f.fd in closed
 
 
-def test_sync_tree_and_sync_dir_accept_a_directory(tmp_path):
-    (tmp_path / "a").write_bytes(b"x")
-    durable.sync_tree(tmp_path)
-    durable.sync_dir(tmp_path)
+def test_writeback_runs_off_the_callers_thread(tmp_path, monkeypatch):
+    threads: list[str] = []
+    monkeypatch.setattr(durable, "_SYNC_FILE_RANGE", lambda *a: threads.append(threading.current_thread().name))
+    with durable.RestoreFile(tmp_path / "f") as f:
+        for _ in range(40):
+            f.write(bytes(1 << 20))
+    assert threads == ["drkit-writeback"]
+
+
+def test_a_failing_fsync_is_raised(tmp_path, monkeypatch):
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(durable.os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output"), durable.RestoreFile(tmp_path / "f") as f:
+        f.write(b"data")
+
+
+def test_sync_tree_fsyncs_every_regular_file_and_directory_children_first(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "base" / "1").mkdir(parents=True)
+    (root / "global").mkdir()
+    files = [root / "PG_VERSION", root / "base" / "1" / "1259", root / "global" / "pg_control"]
+    for f in files:
+        f.write_bytes(b"x" * 100)
+    (root / "link").symlink_to(root / "PG_VERSION")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / ".s.PGSQL.5432"))  # opening it would fail with ENXIO
+    seen: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(durable.os, "fsync", lambda fd: (seen.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    try:
+        durable.sync_tree(root)
+    finally:
+        sock.close()
+    dirs = [str(root / "base" / "1"), str(root / "base"), str(root / "global"), str(root)]
+    assert sorted(seen[:3]) == sorted(map(str, files))
+    assert set(seen[3:-1]) == set(dirs) and seen[-2] == str(root) and seen[-1] == str(tmp_path)
+    assert seen.index(str(root / "base" / "1")) < seen.index(str(root / "base"))
     with pytest.raises(FileNotFoundError):
         durable.sync_tree(tmp_path / "missing")

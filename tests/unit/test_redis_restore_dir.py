@@ -70,3 +70,47 @@ def test_restore_to_dir_writes_the_rewrite_and_checks_the_recorded_crc(repo, tmp
     (tmp_path / "y").mkdir()
     with pytest.raises(RdbError, match="checksum mismatch"):
         restore_to_dir(repo, bad, tmp_path / "y", drop_before_ms=AT, shift_ms=5000)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_restore_to_dir_fsyncs_file_and_directories_only_when_asked(repo, tmp_path, monkeypatch, sync):
+    data = _rdb(300)
+    m = _backup(repo, data, rdb_crc64=data[-8:][::-1].hex())
+    target = tmp_path / "t"
+    target.mkdir()
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    restore_to_dir(repo, m, target, drop_before_ms=AT, shift_ms=0, sync=sync)
+    assert (target / "dump.rdb").stat().st_size > 0
+    if sync:  # the file (under its temporary name), then its directory, then the directory's entry
+        assert synced == [str(target / "dump.rdb.drkit-partial"), str(target), str(tmp_path)]
+    else:
+        assert synced == []
+
+
+def test_no_sync_on_the_command_line_reaches_the_restore(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from drkit import ops
+    from drkit.cli.main import _register_plugins, cli
+    from drkit.dumpers import RestoreResult
+
+    key = tmp_path / "key"
+    key.write_text(os.urandom(32).hex())
+    cfg = tmp_path / "drkit.yaml"
+    cfg.write_text(f"repository:\n  url: file://{tmp_path / 'repo'}\nencryption:\n  key_file: {key}\n"
+                   "sources:\n  cache:\n    type: redis\n    url: redis://127.0.0.1:1\n")
+    seen = []
+
+    def fake_restore(config, request):
+        seen.append(request.sync)
+        return RestoreResult("cache", "b", request.target_dir, None, {"download": 0.0}, {})
+
+    monkeypatch.setattr(ops, "restore", fake_restore)
+    _register_plugins()
+    for extra, want in (([], True), (["--no-sync"], False)):
+        res = CliRunner().invoke(cli, ["--config", str(cfg), "restore", "cache", "--target-dir",
+                                       str(tmp_path / "t"), *extra])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] is want

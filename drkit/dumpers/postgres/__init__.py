@@ -108,6 +108,7 @@ class PostgresDumper(Dumper):
             chown_tree(request.target_dir, self.options.os_user)
             if request.sync:
                 sync_tree(request.target_dir)
+            details["durable"] = request.sync
         except BaseException:
             # The directory was empty when we started: leave it so, never half a data directory.
             clear_target(request.target_dir)
@@ -136,12 +137,12 @@ class PostgresDumper(Dumper):
             repo, manifest, request.target_dir, self.options,
             into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
         )
-        if request.sync:
+        if request.sync:  # the dump files (with --into-dsn the server's own durability covers the load)
             from drkit.dumpers.durable import sync_tree
 
             sync_tree(request.target_dir)
         return RestoreResult(self.source.name, manifest.id, request.target_dir, None,
-                             {"download": time.monotonic() - t0}, {"files": written})
+                             {"download": time.monotonic() - t0}, {"files": written, "durable": request.sync})
 
     def _plan_physical(self, repo: Repository, request: RestoreRequest) -> _PhysicalPlan:
         """Which base backup, which recovery target, and how far WAL may be replayed."""

@@ -120,6 +120,9 @@ class RedisDumper(Dumper):
         if to_url:
             if request.start:
                 raise ConfigError("--start applies to --target-dir restores; --to loads a running instance")
+            if not request.sync:
+                raise ConfigError("--no-sync applies to --target-dir restores; --to writes no local files (the "
+                                  "target instance's own persistence settings decide its durability)")
             pw_env = request.options.get("to_password_env")
             details.update(r.restore_to_instance(
                 repo, base, to_url, drop_before_ms=drop_before, shift_ms=shift,
@@ -137,6 +140,7 @@ class RedisDumper(Dumper):
         try:
             details.update(r.restore_to_dir(repo, base, request.target_dir, drop_before_ms=drop_before,
                                             shift_ms=shift, sync=request.sync))
+            details["durable"] = request.sync
             phases["download"] = time.monotonic() - t1
             if slices or request.start:
                 from drkit.sandbox.ports import free_port

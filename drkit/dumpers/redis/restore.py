@@ -58,17 +58,22 @@ def restore_to_dir(repo: Repository, manifest: Manifest, target: Path, *, drop_b
     tmp.rename(path)
     if sync:
         sync_dir(target)
+        sync_dir(target.parent)  # the restore may have created target
     return {"rdb": str(path), "keys": stats.keys_kept, "keys_expired_by_then": stats.keys_expired,
             "keys_with_ttl": stats.keys_with_ttl, "bytes_restored": stats.bytes_out}
 
 
 def write_conf(target: Path, port: int) -> Path:
+    """A minimal redis.conf for the restored data, durable (a crash must not leave it empty: a
+    redis-server started on an empty file would run with defaults, elsewhere)."""
     conf = target / "redis.conf"
-    conf.write_text(
-        "# written by drkit restore: a server for the restored data (edit as needed)\n"
-        f"bind 127.0.0.1\nport {port}\ndir {target}\ndbfilename dump.rdb\n"
-        f"logfile {target / 'redis.log'}\ndaemonize no\nappendonly no\nsave ''\n"
-    )
+    with RestoreFile(conf) as f:
+        f.write((
+            "# written by drkit restore: a server for the restored data (edit as needed)\n"
+            f"bind 127.0.0.1\nport {port}\ndir {target}\ndbfilename dump.rdb\n"
+            f"logfile {target / 'redis.log'}\ndaemonize no\nappendonly no\nsave ''\n"
+        ).encode())
+    sync_dir(target)
     return conf
 
 
