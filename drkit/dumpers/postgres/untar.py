@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from drkit.dumpers.durable import WRITEBACK_EVERY, Writeback
 from drkit.errors import DrkitError, IntegrityError
 
 BLOCK = 512
@@ -44,8 +45,10 @@ class _Feed:
             n -= k
         return b"".join(parts)
 
-    def pipe(self, n: int, fd: int | None) -> None:
-        """Write the next ``n`` bytes to ``fd`` (or drop them when ``fd`` is None)."""
+    def pipe(self, n: int, fd: int | None, writeback: Writeback | None = None) -> None:
+        """Write the next ``n`` bytes to ``fd`` (or drop them when ``fd`` is None); with
+        ``writeback``, start the writeback of every 32 MiB written and of the file's end."""
+        done = started = 0
         while n > 0:
             if not self._fill():
                 raise IntegrityError("tar stream ends inside a file")
@@ -56,6 +59,12 @@ class _Feed:
                 piece = piece[written:]
             self._cur = self._cur[k:]
             n -= k
+            done += k
+            if writeback is not None and fd is not None and done - started >= WRITEBACK_EVERY:
+                writeback.add(fd, started, done - started)
+                started = done
+        if writeback is not None and fd is not None and done > started:
+            writeback.add(fd, started, done - started)
 
 
 def _octal(field: bytes) -> int:
@@ -88,8 +97,11 @@ def _safe(name: str, what: str) -> PurePosixPath:
     return path
 
 
-def extract(chunks: Iterator[bytes], target: Path) -> int:
-    """Extract a tar stream into ``target``; return the number of entries written."""
+def extract(chunks: Iterator[bytes], target: Path, writeback: Writeback | None = None) -> int:
+    """Extract a tar stream into ``target``; return the number of entries written.
+
+    ``writeback``: start the disk's writeback of the files as they are written (see
+    drkit.dumpers.durable), so that the restore's final sync finds little left."""
     feed = _Feed(chunks)
     entries = 0
     long_name: str | None = None
@@ -133,7 +145,7 @@ def extract(chunks: Iterator[bytes], target: Path) -> int:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode or 0o600)
             try:
-                feed.pipe(size, fd)
+                feed.pipe(size, fd, writeback)
             finally:
                 os.close(fd)
             feed.pipe(padded - size, None)
