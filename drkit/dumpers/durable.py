@@ -40,56 +40,18 @@ def _libc_function(name: str, *argtypes: Any) -> Any:
 
 _SYNC_FILE_RANGE = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2
-WRITEBACK_EVERY = _WRITEBACK_EVERY = 32 << 20  # bytes written between two writeback starts
+_WRITEBACK_EVERY = 32 << 20
 _WRITEBACK_QUEUE = 16  # ranges not yet handed to the kernel: at most 512 MiB ahead
-
-
-class Writeback:
-    """Starts the kernel's writeback of ranges of files as they are written, from a thread of
-    its own, so the disk works while the restore goes on and the final fsync finds little left.
-
-    ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` does not wait for the disk, but it does wait for
-    room in the device's request queue, which on a disk slower than the restore is most of the
-    time: on the restore's own thread it stalled the restore by as much as the disk was behind.
-    Each range carries its own duplicate of the descriptor (closed by the thread), so the caller
-    may close its file at once.  A no-op where there is no ``sync_file_range``.
-    """
-
-    def __init__(self) -> None:
-        self._ranges: queue.Queue[tuple[int, int, int] | None] = queue.Queue(maxsize=_WRITEBACK_QUEUE)
-        self._abort = False
-        self._thread: threading.Thread | None = None
-        if _SYNC_FILE_RANGE is not None:
-            self._thread = threading.Thread(target=self._run, name="drkit-writeback", daemon=True)
-            self._thread.start()
-
-    def add(self, fd: int, offset: int, length: int) -> None:
-        """Start writing back ``length`` bytes of ``fd`` from ``offset`` (0 bytes: to the end)."""
-        if self._thread is not None:
-            self._ranges.put((os.dup(fd), offset, length))
-
-    def _run(self) -> None:
-        while (item := self._ranges.get()) is not None:
-            fd, offset, length = item
-            try:
-                if not self._abort:  # a failed restore's files are about to be deleted: no writeback
-                    _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: fsync reports them
-            finally:
-                os.close(fd)
-
-    def close(self, *, abort: bool = False) -> None:
-        if self._thread is not None:
-            self._abort = abort
-            self._ranges.put(None)
-            self._thread.join()
-            self._thread = None
 
 
 class RestoreFile:
     """A new file at ``path`` (truncated if it exists); durable on a clean exit when ``sync``.
 
-    With ``sync``, the writeback of every 32 MiB is started as soon as it is written
-    (:class:`Writeback`).  Leaving the ``with`` block without an exception fsyncs the file (if
+    With ``sync``, a thread of its own starts the writeback of every 32 MiB as soon as it is
+    written (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the call does not wait for the disk,
+    but it does wait for room in the device's request queue, which on a disk slower than the
+    restore is most of the time -- on the caller's thread that stalled the restore by as much as
+    the disk was behind.  Leaving the ``with`` block without an exception fsyncs the file (if
     ``sync``); with one, the file is closed as it is and the caller removes it.
     """
 
@@ -97,7 +59,16 @@ class RestoreFile:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.sync = sync
         self.size = self._started = 0
-        self._writeback = Writeback() if sync else None
+        self._ranges: queue.Queue[tuple[int, int] | None] | None = None
+        self._flusher: threading.Thread | None = None
+        self._abort = False
+        if sync and _SYNC_FILE_RANGE is not None:
+            # The thread has its own descriptor: if closing is interrupted while it still runs, it
+            # can never act on whatever file reuses our descriptor's number.
+            self._ranges = queue.Queue(maxsize=_WRITEBACK_QUEUE)
+            self._flusher = threading.Thread(target=self._writeback, args=(os.dup(self.fd),),
+                                             name="drkit-writeback", daemon=True)
+            self._flusher.start()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write all of ``data`` before returning (the caller may reuse its buffer at once)."""
@@ -105,18 +76,30 @@ class RestoreFile:
         while view:
             view = view[os.write(self.fd, view):]
         self.size += len(data)
-        if self._writeback is not None and self.size - self._started >= _WRITEBACK_EVERY:
-            self._writeback.add(self.fd, self._started, self.size - self._started)
+        if self._ranges is not None and self.size - self._started >= _WRITEBACK_EVERY:
+            self._ranges.put((self._started, self.size - self._started))
             self._started = self.size
         return len(data)
+
+    def _writeback(self, fd: int) -> None:
+        assert self._ranges is not None
+        try:
+            while (item := self._ranges.get()) is not None:
+                if not self._abort:  # a failed restore's file is about to be deleted: no writeback
+                    _SYNC_FILE_RANGE(fd, item[0], item[1], _SYNC_FILE_RANGE_WRITE)  # errors: fsync reports them
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> RestoreFile:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         try:
-            if self._writeback is not None:
-                self._writeback.close(abort=exc_type is not None)
+            if self._flusher is not None:
+                assert self._ranges is not None
+                self._abort = exc_type is not None
+                self._ranges.put(None)
+                self._flusher.join()
             if exc_type is None and self.sync:
                 os.fsync(self.fd)
         finally:

@@ -69,30 +69,3 @@ def test_detects_corrupt_header_and_truncation(tmp_path):
         extract(iter([bytes(data[:700])]), tmp_path / "2")
     with pytest.raises(IntegrityError):
         extract(iter([bytes(data[:512 * 2])]), tmp_path / "3")
-
-
-def test_writeback_is_started_for_every_byte_of_every_file(tmp_path, monkeypatch):
-    from drkit.dumpers import durable
-
-    monkeypatch.setattr(durable, "WRITEBACK_EVERY", 1 << 20)
-    monkeypatch.setattr("drkit.dumpers.postgres.untar.WRITEBACK_EVERY", 1 << 20)
-    big, small = os.urandom(3 * (1 << 20) + 12345), b"small file"
-    data = _tar([("dir", "base", b""), ("file", "base/16384", big), ("file", "PG_VERSION", small),
-                 ("file", "empty", b"")])
-
-    class Recorder:
-        def __init__(self):
-            self.ranges: dict[str, list[tuple[int, int]]] = {}
-
-        def add(self, fd, offset, length):
-            self.ranges.setdefault(os.readlink(f"/proc/self/fd/{fd}"), []).append((offset, length))
-
-    rec = Recorder()
-    extract(iter(_chunks(data, 70_000)), tmp_path, rec)
-    for name, payload in (("base/16384", big), ("PG_VERSION", small)):
-        ranges = rec.ranges[str(tmp_path / name)]
-        assert ranges[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False))
-        assert sum(n for _, n in ranges) == len(payload)
-    assert len(rec.ranges[str(tmp_path / "base/16384")]) == 4  # every 1 MiB, then the rest
-    assert str(tmp_path / "empty") not in rec.ranges
-    assert (tmp_path / "base/16384").read_bytes() == big

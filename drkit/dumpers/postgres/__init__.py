@@ -94,7 +94,7 @@ class PostgresDumper(Dumper):
 
             port = free_port()
         try:
-            details["bytes_restored"] = extract_base(repo, plan.backup, request.target_dir, sync=request.sync)
+            details["bytes_restored"] = extract_base(repo, plan.backup, request.target_dir)
             disabled = restore_config_files(repo, plan.backup, request.target_dir)
             if disabled:
                 details["config_settings_disabled"] = disabled

@@ -32,26 +32,14 @@ def drkit_executable() -> str:
     return found
 
 
-def extract_base(repo: Repository, manifest: Manifest, target: Path, *, sync: bool = True) -> int:
-    """Stream base.tar from the repository into ``target``; return bytes restored.
-
-    ``sync``: start the disk's writeback of each file as it is written (the caller's final
-    ``sync_tree`` then finds little left to wait for)."""
-    from drkit.dumpers.durable import Writeback
+def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
+    """Stream base.tar from the repository into ``target``; return bytes restored."""
     from drkit.repository.reader import iter_stream
 
     from .untar import extract
 
     ref = manifest.stream("base.tar")
-    writeback = Writeback() if sync else None
-    try:
-        extract(iter_stream(repo, ref), target, writeback)
-    except BaseException:
-        if writeback is not None:
-            writeback.close(abort=True)
-        raise
-    if writeback is not None:
-        writeback.close()
+    extract(iter_stream(repo, ref), target)
     return ref.size
 
 

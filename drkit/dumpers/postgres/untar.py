@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from drkit.dumpers.durable import WRITEBACK_EVERY, Writeback
 from drkit.errors import DrkitError, IntegrityError
 
 BLOCK = 512
@@ -45,10 +44,8 @@ class _Feed:
             n -= k
         return b"".join(parts)
 
-    def pipe(self, n: int, fd: int | None, writeback: Writeback | None = None) -> None:
-        """Write the next ``n`` bytes to ``fd`` (or drop them when ``fd`` is None); with
-        ``writeback``, start the writeback of every 32 MiB written and of the file's end."""
-        done = started = 0
+    def pipe(self, n: int, fd: int | None) -> None:
+        """Write the next ``n`` bytes to ``fd`` (or drop them when ``fd`` is None)."""
         while n > 0:
             if not self._fill():
                 raise IntegrityError("tar stream ends inside a file")
@@ -59,12 +56,6 @@ class _Feed:
                 piece = piece[written:]
             self._cur = self._cur[k:]
             n -= k
-            done += k
-            if writeback is not None and fd is not None and done - started >= WRITEBACK_EVERY:
-                writeback.add(fd, started, done - started)
-                started = done
-        if writeback is not None and fd is not None and done > started:
-            writeback.add(fd, started, done - started)
 
 
 def _octal(field: bytes) -> int:
@@ -97,11 +88,8 @@ def _safe(name: str, what: str) -> PurePosixPath:
     return path
 
 
-def extract(chunks: Iterator[bytes], target: Path, writeback: Writeback | None = None) -> int:
-    """Extract a tar stream into ``target``; return the number of entries written.
-
-    ``writeback``: start the disk's writeback of the files as they are written (see
-    drkit.dumpers.durable), so that the restore's final sync finds little left."""
+def extract(chunks: Iterator[bytes], target: Path) -> int:
+    """Extract a tar stream into ``target``; return the number of entries written."""
     feed = _Feed(chunks)
     entries = 0
     long_name: str | None = None
@@ -145,7 +133,7 @@ def extract(chunks: Iterator[bytes], target: Path, writeback: Writeback | None =
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode or 0o600)
             try:
-                feed.pipe(size, fd, writeback)
+                feed.pipe(size, fd)
             finally:
                 os.close(fd)
             feed.pipe(padded - size, None)
