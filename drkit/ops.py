@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from drkit.config import Config, EncryptionConfig
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
-from drkit.errors import ConfigError
+from drkit.errors import ConfigError, DrkitError
 from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
 from drkit.repository.manifest import iso
@@ -82,6 +83,9 @@ def list_sources(config: Config, source: str | None = None) -> list[dict[str, An
     return out
 
 
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 def restore(config: Config, request: RestoreRequest) -> RestoreResult:
     dumper = dumper_for(config, request.source.name)
     if request.target_dir is None and dumper.needs_target_dir:
@@ -89,7 +93,14 @@ def restore(config: Config, request: RestoreRequest) -> RestoreResult:
     t0 = time.monotonic()
     repo = open_repository(config)
     open_s = time.monotonic() - t0
-    result = dumper.restore(repo, request)
+    try:
+        result = dumper.restore(repo, request)
+    except OSError as exc:  # a system error the dumper did not turn into a DrkitError
+        left = f"; {request.target_dir} was emptied again" if request.target_dir else ""
+        what = ("check the target's free space, quota and disk" if exc.errno in _DISK_ERRNOS
+                else "see the error above")
+        raise DrkitError(f"restoring {request.source.name} failed: {exc}{left}. {what[0].upper() + what[1:]}, "
+                         "then run the restore again") from None
     result.phases = {"open": open_s, **result.phases}
     return result
 

@@ -106,8 +106,8 @@ class RestoreFile:
             os.close(self.fd)
 
 
-def sync_dir(path: Path) -> None:
-    """Make ``path``'s entries (a rename into it, a new file) durable."""
+def sync_dir(path: Path | str) -> None:
+    """``fsync`` ``path``: for a directory, makes its entries (a rename into it, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,11 +142,7 @@ def sync_tree(path: Path) -> None:
             finally:
                 os.close(fd)
     for f in files + dirs[::-1]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_dir(f)
     sync_dir(Path(path).absolute().parent)
 
 

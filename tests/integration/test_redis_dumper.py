@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,9 +35,13 @@ class RedisEnv:
     started_pids: list[int] = field(default_factory=list)
 
     def drkit(self, *args: str, check: bool = True, timeout: float = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+              env: dict[str, str] | None = None, max_file_size: int | None = None) -> subprocess.CompletedProcess[str]:
+        def limit() -> None:  # RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
+
         proc = subprocess.run([DRKIT, "--config", str(self.config_path), *args], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "REDIS_PW": PASSWORD, **(env or {})})
+                              timeout=timeout, env={**os.environ, "REDIS_PW": PASSWORD, **(env or {})},
+                              preexec_fn=limit if max_file_size is not None else None)
         if check and proc.returncode != 0:
             raise AssertionError(f"drkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         assert PASSWORD not in proc.stdout + proc.stderr
@@ -288,9 +293,10 @@ def test_wrong_password_and_unreachable_server(renv: RedisEnv):
 
 
 def test_bad_chunk_mid_snapshot_is_named_and_the_target_left_empty(renv: RedisEnv):
-    """The restore streams chunk by chunk into dump.rdb: a chunk that fails authentication half way
-    through, or a pack that is gone, stops it with exit 5 naming the object, and the partly written
-    file is not left behind."""
+    """The restore streams chunk by chunk into dump.rdb: a target disk that refuses the writes, a
+    chunk that fails authentication half way through, or a pack that is gone, stops it with a
+    non-zero exit that says what happened (exit 5 naming the object for the last two), and the
+    partly written file is not left behind."""
     from drkit.config import load_config
     from drkit.ops import open_repository
     from drkit.repository.format import pack_key
@@ -304,13 +310,19 @@ def test_bad_chunk_mid_snapshot_is_named_and_the_target_left_empty(renv: RedisEn
     b = json.loads(renv.drkit("backup", "cache", "--json").stdout)
     chunks = open_repository(load_config(renv.config_path)).get_manifest(b["id"], "cache").stream("dump.rdb").chunks
     assert len(chunks) >= 4, len(chunks)
+    target = renv.root / "bad-chunk"
+    # The target's disk refuses the writes half way (a file size limit: EFBIG, as a full disk's ENOSPC).
+    proc = renv.drkit("restore", "cache", "--backup", b["id"], "--target-dir", str(target), check=False,
+                      max_file_size=4 << 20)
+    assert proc.returncode == 1 and "File too large" in proc.stderr and "emptied again" in proc.stderr, proc.stderr
+    assert "free space" in proc.stderr and "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
+    assert target.exists() and not any(target.iterdir())
     _blob, pack, offset, length, _raw = chunks[len(chunks) // 2]
     path = renv.root / "repo" / pack_key(pack)
     good = path.read_bytes()
     bad = bytearray(good)
     bad[int(offset) + int(length) // 2] ^= 0x01
     path.write_bytes(bytes(bad))
-    target = renv.root / "bad-chunk"
     proc = renv.drkit("restore", "cache", "--backup", b["id"], "--target-dir", str(target), check=False)
     assert proc.returncode == 5 and pack in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert target.exists() and not any(target.iterdir())
