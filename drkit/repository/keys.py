@@ -10,16 +10,24 @@ key comes from one of:
   id as encryption context) turns back into the data key.
 
 Rotating the wrapping key writes a new envelope and removes the old one; no data is rewritten.
+
+An envelope is plaintext JSON.  Since it may be damaged like any stored object, it is checked
+before use (:func:`parse_envelope`): its structure, and -- for envelopes written by this drkit --
+its ``check`` field, an unkeyed BLAKE3 of the canonical JSON of the other fields.  The check only
+detects accidental damage (anyone who can write ``keys/`` can recompute it); it is what tells
+damage to the wrapped bytes apart from a wrong key, which AES-GCM alone cannot.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -61,6 +69,7 @@ class SecretWrapper:
     secret: Secret
     description: str
     kind: str
+    envelope_kind: ClassVar[str] = "secret"
 
     def _kek(self, salt: bytes, n: int, r: int, p: int) -> bytes:
         material = self.secret.reveal()
@@ -101,6 +110,7 @@ class KmsWrapper:
     endpoint_url: str | None = None
     region: str | None = None
     description: str = "AWS KMS key"
+    envelope_kind: ClassVar[str] = "kms"
 
     def _client(self) -> Any:
         import boto3
@@ -191,9 +201,132 @@ def wrapper_from_config(enc: EncryptionConfig) -> Wrapper:
     raise ConfigError("encryption: no key configured")
 
 
+ENVELOPE_KINDS = ("secret", "kms")
+
+# Bounds on the scrypt parameters an envelope may name: drkit writes n=2^15, r=8, p=1; a damaged
+# (or hostile) envelope must not make opening allocate gigabytes or run for minutes.
+_SCRYPT_MAX_N, _SCRYPT_MAX_R, _SCRYPT_MAX_P, _SCRYPT_MAX_MEM = 2**20, 32, 16, 1 << 30
+
+
+class DamagedEnvelope(ValueError):
+    """A key envelope that is not what the format defines: not JSON, a missing or ill-typed
+    field, bad base64, a wrong length, or a ``check`` that does not match (accidental damage)."""
+
+
+def envelope_check(envelope: dict[str, Any]) -> str:
+    """The ``check`` of an envelope: BLAKE3 (unkeyed, hex) of the canonical JSON of every other
+    field (sorted keys, no whitespace, ASCII).  Detects accidental damage only."""
+    fields = {k: v for k, v in envelope.items() if k != "check"}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return blake3.blake3(canonical.encode()).hexdigest()
+
+
 def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    return json.dumps({"version": 1, **envelope}, sort_keys=True).encode()
+    doc = {"version": 1, **{k: v for k, v in envelope.items() if k != "check"}}
+    doc["check"] = envelope_check(doc)
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def decode_envelope(data: bytes) -> dict[str, Any]:
+    """The JSON of an envelope, unchecked (see :func:`parse_envelope`)."""
     return json.loads(data)
+
+
+def _b64_field(doc: dict[str, Any], name: str, length: int | None = None) -> None:
+    value = doc.get(name)
+    if not isinstance(value, str):
+        raise DamagedEnvelope(f"field {name!r} is missing or not a string")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        raise DamagedEnvelope(f"field {name!r} is not base64") from None
+    if not raw or (length is not None and len(raw) != length):
+        raise DamagedEnvelope(f"field {name!r} holds {len(raw)} bytes" + (f", not {length}" if length else ""))
+
+
+def _positive_int(kdf: dict[str, Any], name: str, bound: int) -> int:
+    value = kdf.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+        raise DamagedEnvelope(f"scrypt parameter {name!r} is {value!r}, not an integer in 1..{bound}")
+    return value
+
+
+def check_envelope(envelope: Any) -> dict[str, Any]:
+    """Return ``envelope`` if it is a well-formed key envelope; else raise DamagedEnvelope
+    naming what is wrong (docs/repository-format.md, "Key envelopes")."""
+    if not isinstance(envelope, dict):
+        raise DamagedEnvelope("not a JSON object")
+    if "check" in envelope:
+        check = envelope["check"]
+        if not isinstance(check, str) or len(check) != 64 or any(c not in "0123456789abcdef" for c in check):
+            raise DamagedEnvelope("field 'check' is not 64 lowercase hex digits")
+        if check != envelope_check(envelope):
+            raise DamagedEnvelope("self-check mismatch: the envelope's bytes changed after it was written")
+    if envelope.get("version") != 1:
+        raise DamagedEnvelope(f"field 'version' is {envelope.get('version')!r}, not 1")
+    kind = envelope.get("kind")
+    if kind not in ENVELOPE_KINDS:
+        raise DamagedEnvelope(f"field 'kind' is {kind!r}, not one of {', '.join(ENVELOPE_KINDS)}")
+    _b64_field(envelope, "nonce", 12)
+    _b64_field(envelope, "wrapped", 32 + 16)  # the master key and the GCM tag
+    if kind == "secret":
+        kdf = envelope.get("kdf")
+        if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
+            raise DamagedEnvelope("field 'kdf' is not an scrypt description")
+        n = _positive_int(kdf, "n", _SCRYPT_MAX_N)
+        r = _positive_int(kdf, "r", _SCRYPT_MAX_R)
+        _positive_int(kdf, "p", _SCRYPT_MAX_P)
+        if n < 2 or n & (n - 1) or 128 * n * r > _SCRYPT_MAX_MEM:
+            raise DamagedEnvelope(f"scrypt parameters n={n}, r={r} are not a power of two within 1 GiB")
+        _b64_field(kdf, "salt", 16)
+        if envelope.get("source") not in ("key_file", "key_env"):
+            raise DamagedEnvelope(f"field 'source' is {envelope.get('source')!r}, not key_file or key_env")
+    else:
+        if not isinstance(envelope.get("kms_key_id"), str) or not envelope["kms_key_id"]:
+            raise DamagedEnvelope("field 'kms_key_id' is missing or empty")
+        _b64_field(envelope, "kms_blob")
+    return envelope
+
+
+def parse_envelope(data: bytes) -> dict[str, Any]:
+    """Decode and check the stored bytes of a key envelope (raises DamagedEnvelope)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedEnvelope(f"not JSON ({len(data)} bytes; {exc})") from None
+    return check_envelope(doc)
+
+
+def inspect_envelope(data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the checked envelope, or None if it is damaged; a summary that holds no key material:
+    ``kind``, ``source``, ``kms_key_id``, ``self_check``, ``damaged``, ``problem``).  The summary of
+    a damaged envelope shows what is still readable of it."""
+    try:
+        env: dict[str, Any] | None = parse_envelope(data)
+        doc: Any = env
+        problem = None
+    except DamagedEnvelope as exc:
+        env, problem = None, str(exc)
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+    doc = doc if isinstance(doc, dict) else {}
+
+    def text(name: str) -> str | None:
+        value = doc.get(name)
+        return value if isinstance(value, str) else None
+
+    summary = {
+        "kind": text("kind"), "source": text("source"), "kms_key_id": text("kms_key_id"),
+        "self_check": "check" in doc, "damaged": env is None, "problem": problem,
+    }
+    return env, summary
+
+
+def could_be_for(kind: str | None, wrapper: Wrapper) -> bool:
+    """Whether a (damaged) envelope of ``kind`` could be one ``wrapper`` unwraps: its kind is
+    unreadable, unknown, or the wrapper's.  The secret's source (file or variable) does not count:
+    the same secret may be configured either way."""
+    mine = getattr(wrapper, "envelope_kind", None)
+    return kind not in ENVELOPE_KINDS or mine is None or kind == mine

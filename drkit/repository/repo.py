@@ -13,6 +13,8 @@ import zstandard
 
 from drkit.errors import (
     AlreadyExistsError,
+    ConfigError,
+    DrkitError,
     IntegrityError,
     LogConflict,
     NotFoundError,
@@ -26,7 +28,14 @@ from drkit.repository import crashpoints
 from drkit.repository import format as fmt
 from drkit.repository.crypto import Keys, random_hex
 from drkit.repository.index import Index, decode_index
-from drkit.repository.keys import Wrapper, decode_envelope, encode_envelope
+from drkit.repository.keys import (
+    DamagedEnvelope,
+    Wrapper,
+    could_be_for,
+    encode_envelope,
+    inspect_envelope,
+    parse_envelope,
+)
 from drkit.repository.manifest import LogRecord, Manifest, StreamRef, iso, utcnow
 from drkit.repository.memory import tune_malloc
 from drkit.repository.writer import WriteSession, cpu_workers
@@ -119,56 +128,159 @@ class Repository:
 
     @staticmethod
     def _unwrap_any(storage: Storage, wrapper: Wrapper, repo_id: str) -> tuple[bytes, str]:
-        entries = list(storage.list(fmt.KEYS_PREFIX))
+        """The master key and the id of the envelope ``wrapper`` unwraps it from.
+
+        Every envelope is read and checked first, so a damaged one is named even when another
+        opens the repository (a logged warning: nothing is lost).  When none opens and one of the
+        damaged envelopes could be the configured key's, the repository is damaged
+        (IntegrityError, exit 5); otherwise the key is wrong (WrongKey, exit 4).  Either message
+        names the damaged envelopes and the intact ones the key did not unlock
+        (docs/repository-format.md, "Key envelopes").
+        """
+        entries = sorted(storage.list(fmt.KEYS_PREFIX), key=lambda i: i.key)
         if not entries:
             raise IntegrityError(f"{storage.url}: repository has no key envelopes (keys/ is empty)", key="keys/")
-        errors = []
-        for info in sorted(entries, key=lambda i: i.key):
-            key_id = info.key[len(fmt.KEYS_PREFIX) :]
+        intact: list[tuple[str, dict[str, Any]]] = []
+        damaged: list[tuple[str, dict[str, Any]]] = []
+        for info in entries:
             try:
-                envelope = decode_envelope(storage.get(info.key))
-            except (ValueError, NotFoundError):
-                errors.append(f"{info.key}: unreadable")
-                continue
+                data = storage.get(info.key)
+            except NotFoundError:
+                continue  # removed by a concurrent 'key remove' or 'key rotate' after the listing
+            env, summary = inspect_envelope(data)
+            if env is None:
+                damaged.append((info.key, summary))
+            else:
+                intact.append((info.key, env))
+        refusals = []
+        for key, env in intact:
+            key_id = key[len(fmt.KEYS_PREFIX) :]
             try:
-                return wrapper.unwrap(envelope, repo_id, key_id), key_id
+                master = wrapper.unwrap(env, repo_id, key_id)
             except WrongKey as exc:
-                errors.append(str(exc))
-        reasons = "; ".join(sorted(set(errors)))
+                refusals.append(f"{key}: {exc}")
+                continue
+            for dkey, summary in damaged:
+                log.warning(
+                    "key envelope %s is damaged (%s); the repository opened through %s, so nothing is lost. "
+                    "Remove it with 'drkit key remove %s' and, if its key is still needed, wrap the master key "
+                    "with that key again with 'drkit key add'", dkey, summary["problem"], key,
+                    dkey[len(fmt.KEYS_PREFIX) :],
+                )
+            return master, key_id
+        if not intact and not damaged:
+            raise IntegrityError(f"{storage.url}: repository has no key envelopes (keys/ is empty)", key="keys/")
+        unlocked = (
+            f"the configured {wrapper.description} does not unlock the other {len(intact)} key envelope(s) "
+            f"({'; '.join(refusals)})" if intact else "no other key envelope exists"
+        )
+        broken = "; ".join(f"{k} is damaged ({s['problem']})" for k, s in damaged)
+        suspects = [k for k, s in damaged if could_be_for(s["kind"], wrapper)]
+        if suspects:
+            raise IntegrityError(
+                f"cannot open the repository at {storage.url}: {broken}, and {unlocked}. The damaged envelope "
+                f"{' or '.join(suspects)} may be the one of the configured key: restore it from a copy of the "
+                "repository (a replica, storage versioning, a backup of the bucket or directory), or configure "
+                "another key the repository has an envelope for. If the configured key is itself wrong, fix the "
+                "encryption settings", key=suspects[0])
+        unchecked = [k for k, env in intact if "check" not in env]
+        hints = ""
+        if damaged:
+            hints += (f"; also {broken}, but not for this kind of key ({wrapper.description}); "
+                      "run 'drkit verify' with a working key")
+        if unchecked:
+            hints += (f"; {', '.join(unchecked)} predate(s) envelope self-checks, so damage to its wrapped key "
+                      "would look the same: if you are sure of the key, compare it with a copy of the repository")
         raise WrongKey(
             f"the configured {wrapper.description} does not unlock the repository at {storage.url} "
-            f"(tried {len(entries)} key envelope(s): {reasons}); check the encryption settings"
+            f"(tried {len(intact)} key envelope(s): {'; '.join(refusals) or 'none intact'}){hints}; "
+            "check the encryption settings"
         )
 
     def list_keys(self) -> list[dict[str, Any]]:
+        """Every envelope under ``keys/``, damaged ones included and marked; never key material."""
         out = []
         for info in sorted(self.storage.list(fmt.KEYS_PREFIX), key=lambda i: i.key):
             key_id = info.key[len(fmt.KEYS_PREFIX) :]
             try:
-                env = decode_envelope(self.storage.get(info.key))
-            except (ValueError, NotFoundError):
-                env = {"kind": "unreadable"}
-            out.append({
-                "id": key_id, "kind": env.get("kind"), "source": env.get("source"),
-                "kms_key_id": env.get("kms_key_id"), "in_use": key_id == self.key_id,
-            })
+                data = self.storage.get(info.key)
+            except NotFoundError:
+                continue  # removed since the listing
+            _env, summary = inspect_envelope(data)
+            out.append({"id": key_id, **summary, "in_use": key_id == self.key_id})
         return out
 
-    def rotate_key(self, new_wrapper: Wrapper) -> str:
-        """Wrap the master key with ``new_wrapper``, prove it unwraps, then drop the old envelope.
+    def add_key(self, new_wrapper: Wrapper) -> str:
+        """Wrap the master key with ``new_wrapper`` in one more envelope; prove it unwraps.
 
-        No data is rewritten.  Returns the new key id.
+        Returns the new key id.  If the new envelope does not read back, check and unwrap to the
+        master key, it is removed again and the error says so; the other envelopes are untouched.
         """
         if self._master is None:
             raise RepositoryError("repository was opened without its master key")
         key_id = random_hex(8)
         key = f"{fmt.KEYS_PREFIX}{key_id}"
         self.storage.put(key, encode_envelope(new_wrapper.wrap(self._master, self.id, key_id)))
-        if new_wrapper.unwrap(decode_envelope(self.storage.get(key)), self.id, key_id) != self._master:
-            self.storage.delete(key)
+
+        def undo() -> None:
+            try:
+                self.storage.delete(key)
+            except DrkitError as exc:  # the original failure matters more; say what is left behind
+                log.warning("could not remove the unusable new key envelope %s (%s); remove it with "
+                            "'drkit key remove %s'", key, exc, key_id)
+
+        try:
+            again = new_wrapper.unwrap(parse_envelope(self.storage.get(key)), self.id, key_id)
+        except DamagedEnvelope as exc:
+            undo()
+            raise IntegrityError(f"{key}: the new key envelope read back damaged ({exc}); it was removed and "
+                                 "nothing changed: check the storage", key=key) from None
+        except WrongKey as exc:
+            undo()
+            raise WrongKey(f"the {new_wrapper.description} wrapped the master key but cannot unwrap it again "
+                           f"({exc}); the new envelope was removed and nothing changed") from None
+        except BaseException:
+            undo()
+            raise
+        if again != self._master:
+            undo()
             raise RepositoryError("the new key envelope does not unwrap to the master key; nothing changed")
-        old = self.key_id
-        self.storage.delete(f"{fmt.KEYS_PREFIX}{old}")
+        return key_id
+
+    def remove_key(self, key_id: str, *, force: bool = False) -> list[str]:
+        """Delete the envelope ``keys/<key_id>``; returns the ids of the envelopes left.
+
+        Refused (ConfigError, nothing changed) when no intact envelope would be left, and -- without
+        ``force`` -- for the envelope this repository was opened with: that one is the only envelope
+        known to be unwrappable by a key someone holds, and every process configured with its key
+        (e.g. a database's archive command) stops working without it.
+        """
+        key = f"{fmt.KEYS_PREFIX}{key_id}"
+        envelopes = {k["id"]: k for k in self.list_keys()}
+        if key_id not in envelopes:
+            raise ConfigError(f"the repository at {self.storage.url} has no key envelope {key}; "
+                              "'drkit key list' shows the ids")
+        left = [k for k in envelopes.values() if k["id"] != key_id and not k["damaged"]]
+        if not left:
+            raise ConfigError(f"refusing to remove {key}: it is the last intact key envelope, and without one "
+                              "nothing in the repository can be read. Add another key first ('drkit key add')")
+        if key_id == self.key_id and not force:
+            raise ConfigError(
+                f"refusing to remove {key}: it is the envelope the configured key opened the repository with, and "
+                "every process configured with that key would fail with exit 4. Point the configuration at "
+                "another key that opens the repository and remove it from there, use 'drkit key rotate' to "
+                "replace it, or pass --force")
+        self.storage.delete(key)
+        return sorted(k for k in envelopes if k != key_id)
+
+    def rotate_key(self, new_wrapper: Wrapper) -> str:
+        """Wrap the master key with ``new_wrapper``, prove it unwraps, then drop the old envelope
+        (:meth:`add_key`, then :meth:`remove_key` of the one in use).
+
+        No data is rewritten.  Returns the new key id.
+        """
+        key_id = self.add_key(new_wrapper)
+        self.remove_key(self.key_id, force=True)
         self.key_id = key_id
         return key_id
 
