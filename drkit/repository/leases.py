@@ -10,21 +10,30 @@ starting in the same instant can both write a lease, the later write wins, and t
 out at its next renewal and must stop (:class:`LeaseLost`).  What a lease protects must therefore
 also be safe against a short overlap -- for ``redis follow``, slice names are deterministic and a
 conflicting slice is refused (``LogConflict``), so an overlap fails loudly, never silently.
+
+A lease object that does not open or parse (a flipped byte, a truncated write) is *stale*, not
+fatal: :func:`read` logs a warning naming it and treats it as absent, :func:`acquire` takes it
+over, a holder's :func:`renew` rewrites it, and :func:`release` deletes it.  No restore needs a
+lease; ``drkit verify`` reports a damaged one (:func:`load` raises for it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from drkit.errors import LockedError, NotFoundError
+from drkit.errors import IntegrityError, LockedError, NotFoundError
+from drkit.proc import pid_alive
 from drkit.repository.manifest import iso, parse_iso
 
 from .repo import Repository
+
+log = logging.getLogger(__name__)
 
 PREFIX = "leases/"
 
@@ -56,13 +65,48 @@ def _key(kind: str, name: str) -> str:
     return f"{PREFIX}{kind}/{name}"
 
 
-def read(repo: Repository, kind: str, name: str) -> Lease | None:
-    key = _key(kind, name)
+def load(repo: Repository, key: str) -> Lease | None:
+    """The lease stored at ``key`` (``None`` if there is none); raise :class:`IntegrityError`
+    naming ``key`` if the object does not authenticate, decompress or parse as a lease."""
     try:
         sealed = repo.storage.get(key)
     except NotFoundError:
         return None
-    return Lease(**json.loads(repo._open_json("lease", key, sealed)))
+    try:
+        lease = Lease(**json.loads(repo._open_json("lease", key, sealed)))
+        for text in (lease.kind, lease.name, lease.host, lease.token, lease.acquired, lease.renewed):
+            if not isinstance(text, str):
+                raise TypeError(f"{text!r} is not a string")
+        if not isinstance(lease.pid, int) or not isinstance(lease.ttl, int | float):
+            raise TypeError("pid or ttl is not a number")
+        parse_iso(lease.acquired)
+        parse_iso(lease.renewed)
+    except IntegrityError as exc:
+        reason = str(exc).removeprefix(f"{key}: ")
+        raise IntegrityError(f"{key}: {reason}", key=key) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise IntegrityError(f"{key}: not a lease record ({exc})", key=key) from None
+    if lease.key != key:
+        raise IntegrityError(f"{key}: lease claims to be {lease.key}", key=key)
+    return lease
+
+
+def _read(repo: Repository, kind: str, name: str) -> tuple[Lease | None, str | None]:
+    """(lease or None, why the stored object is damaged or None)."""
+    key = _key(kind, name)
+    try:
+        return load(repo, key), None
+    except IntegrityError as exc:
+        return None, str(exc).removeprefix(f"{key}: ")
+
+
+def read(repo: Repository, kind: str, name: str) -> Lease | None:
+    """The lease ``kind/name``, or ``None`` if there is none -- or it is damaged: a warning names
+    it and it is treated as stale (whoever acquires next overwrites it)."""
+    held, damage = _read(repo, kind, name)
+    if damage:
+        log.warning("lease %s is damaged (%s); treating it as stale", _key(kind, name), damage)
+    return held
 
 
 def _write(repo: Repository, lease: Lease) -> None:
@@ -74,8 +118,6 @@ def _stale(lease: Lease, now: datetime) -> bool:
     if (now - parse_iso(lease.renewed)).total_seconds() > lease.ttl:
         return True
     if lease.host == socket.gethostname() and lease.pid != os.getpid():
-        from drkit.sandbox.procs import pid_alive
-
         return not pid_alive(lease.pid)
     return False
 
@@ -93,15 +135,23 @@ def acquire(repo: Repository, kind: str, name: str, ttl: float, what: str) -> Le
 
 
 def renew(repo: Repository, lease: Lease) -> None:
-    """Extend ``lease``; raise :class:`LeaseLost` if another process holds it now."""
-    held = read(repo, lease.kind, lease.name)
-    if held is not None and held.token != lease.token:
+    """Extend ``lease``; raise :class:`LeaseLost` if another process holds it now.
+
+    A damaged lease object is rewritten (with a warning): it cannot name another holder."""
+    held, damage = _read(repo, lease.kind, lease.name)
+    if damage:
+        log.warning("lease %s is damaged (%s); this process holds it and rewrites it", lease.key, damage)
+    elif held is not None and held.token != lease.token:
         raise LeaseLost(f"lease {lease.key} was taken over by {held.describe()}; this process stops")
     lease.renewed = iso(repo.server_time())
     _write(repo, lease)
 
 
 def release(repo: Repository, lease: Lease) -> None:
-    held = read(repo, lease.kind, lease.name)
-    if held is not None and held.token == lease.token:
+    """Delete ``lease`` if this process still holds it.  A damaged lease object is deleted too:
+    it was this holder's (another holder's renewals would have rewritten it readable)."""
+    held, damage = _read(repo, lease.kind, lease.name)
+    if damage:
+        log.warning("lease %s is damaged (%s); deleting it on release", lease.key, damage)
+    if damage or (held is not None and held.token == lease.token):
         repo.storage.delete(lease.key)

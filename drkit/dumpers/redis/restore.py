@@ -20,10 +20,10 @@ from typing import Any
 from drkit.dumpers.durable import RestoreFile, sync_dir
 from drkit.dumpers.targets import clear_target, prepare_target  # noqa: F401 - used as r.*
 from drkit.errors import DrkitError, IntegrityError, SourceError
+from drkit.proc import log_tail
+from drkit.proc import pid_alive as _alive
 from drkit.repository import Manifest, Repository
 from drkit.repository.reader import iter_stream, open_stream
-from drkit.sandbox.procs import log_tail
-from drkit.sandbox.procs import pid_alive as _alive
 
 from .full import STREAM
 from .options import RedisOptions, parse_url
