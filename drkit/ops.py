@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from drkit.catalog import load_catalog
 from drkit.config import Config, EncryptionConfig
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
 from drkit.errors import ConfigError, DrkitError
@@ -55,30 +56,44 @@ def backup(config: Config, source: str, backup_type: str) -> BackupResult:
 
 
 def list_sources(config: Config, source: str | None = None) -> list[dict[str, Any]]:
+    """Each source's backups, restore points, gaps and damaged catalog objects.
+
+    Tolerant: a manifest or log record that cannot be read is listed under ``damaged`` and left
+    out of the restore points, never an error for the whole listing."""
     repo = open_repository(config)
-    names = [source] if source else sorted(set(config.sources) | set(repo.list_sources()))
+    stored = set(repo.list_sources())
+    if source and source not in config.sources and source not in stored:
+        known = ", ".join(sorted(set(config.sources) | stored)) or "none"
+        raise ConfigError(f"no source named {source!r} in the configuration or the repository (known: {known})")
+    names = [source] if source else sorted(set(config.sources) | stored)
     out = []
     now = repo.server_time()
     for name in names:
-        manifests = repo.list_manifests(name)
-        entry: dict[str, Any] = {"source": name, "backups": [m.summary() for m in manifests]}
-        if name in config.sources:
-            dumper = dumper_for(config, name)
-            window = dumper.window(repo)
-            entry["type"] = config.sources[name].type
-            entry["window"] = (
-                {"start": iso(window.start), "end": iso(window.end)} if window.start and window.end else None
-            )
-            entry["windows"] = [{"start": iso(a), "end": iso(b)} for a, b in window.intervals]
-            entry["notes"] = window.notes
-            entry["current_rpo_seconds"] = (
-                round((now - window.end).total_seconds(), 1) if window.end else None
-            )
-            entry.update(dumper.describe_chain(repo))
-        else:
-            entry["type"] = None
-            entry["window"] = None
-            entry["notes"] = [f"source {name} is in the repository but not in this configuration"]
+        if name not in config.sources:
+            catalog = load_catalog(repo, name)
+            out.append({"source": name, "type": None, "window": None, "windows": [], "restore_points": [],
+                        "backups": [m.summary() for m in catalog.manifests],
+                        "damaged": [d.as_dict() for d in catalog.damaged],
+                        "notes": [f"source {name} is in the repository but not in this configuration"]})
+            continue
+        dumper = dumper_for(config, name)
+        catalog = dumper.catalog(repo)
+        points = dumper.restore_points(catalog)
+        intervals = points.intervals()
+        newest = points.newest_safe_time()
+        entry: dict[str, Any] = {
+            "source": name, "type": config.sources[name].type,
+            "backups": [m.summary() for m in catalog.manifests],
+            "window": {"start": iso(intervals[0][0]), "end": iso(intervals[-1][1])} if intervals else None,
+            "windows": [{"start": iso(a), "end": iso(b)} for a, b in intervals],
+            "restore_points": [p.as_dict() for p in points.points],
+            "gaps": [g.as_dict() for g in points.gaps],
+            "damaged": [d.as_dict() for d in catalog.damaged],
+            "newest_safe_time": iso(newest) if newest else None,
+            "current_rpo_seconds": round((now - newest).total_seconds(), 1) if newest else None,
+            "notes": points.notes_all() + [f"damaged: {d.key}: {d.error}" for d in catalog.damaged],
+        }
+        entry.update(dumper.describe_chain(repo))
         out.append(entry)
     return out
 
@@ -114,4 +129,20 @@ def rotate_key(config: Config, new_encryption: EncryptionConfig) -> dict[str, An
 
 
 def list_keys(config: Config) -> list[dict[str, Any]]:
+    """Every key envelope (damaged ones marked), never key material."""
     return open_repository(config).list_keys()
+
+
+def add_key(config: Config, new_encryption: EncryptionConfig) -> dict[str, Any]:
+    """Wrap the master key with one more key (``new_encryption``), proven to unwrap it."""
+    repo = open_repository(config)
+    new_id = repo.add_key(wrapper_from_config(new_encryption))
+    return {"repository": repo.storage.url, "key_id": new_id, "keys": repo.list_keys()}
+
+
+def remove_key(config: Config, key_id: str, *, force: bool = False) -> dict[str, Any]:
+    """Delete the envelope ``keys/<key_id>`` (refusals: see Repository.remove_key)."""
+    repo = open_repository(config)
+    was_in_use = key_id == repo.key_id
+    left = repo.remove_key(key_id, force=force)
+    return {"repository": repo.storage.url, "removed_key_id": key_id, "was_in_use": was_in_use, "key_ids": left}

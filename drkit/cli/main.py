@@ -117,8 +117,18 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
         if entry.get("current_rpo_seconds") is not None:
             click.echo(f"  newest recoverable commit: {entry['current_rpo_seconds']:.0f} s ago "
                        "(the data at risk if the source were lost now, on a busy database)")
+        for gap in entry.get("gaps", []):
+            first, last = gap["unreachable_logs"]["first"], gap["unreachable_logs"]["last"]
+            past = f"; {gap['unreachable_logs']['count']} log record(s) after it unreachable ({first} .. {last})" \
+                if first else ""
+            click.echo(f"  {gap['state'].upper().replace('_', ' ')}: {gap['missing']} in the chain of {gap['chain']}"
+                       f"{' is DAMAGED' if gap.get('damaged') else ''}{past}; newest point before it: "
+                       f"{gap['newest_reachable']}")
+        for d in entry.get("damaged", []):
+            click.echo(f"  DAMAGED {d['kind']} {d['object']}: {d['error']}")
         for note in entry.get("notes", []):
-            click.echo(f"  note: {note}")
+            if not note.startswith(("gap in the chain", "in_flight in the chain", "damaged: ")):
+                click.echo(f"  note: {note}")
         for b in entry["backups"]:
             click.echo(f"  {b['id']}  {b['type']:<8} finished {b['finished']}  {b['size'] / 1e6:10.1f} MB  stored {b['stored_bytes'] / 1e6:.1f} MB")
 
@@ -132,6 +142,9 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
               help="Empty or new directory to restore into (required except for redis --to).")
 @click.option("--start", is_flag=True, help="Start the restored server and wait until it serves.")
 @click.option("--port", type=int, help="Port for the restored server (default: a free one).")
+@click.option("--wait-in-flight", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Latest-state restores: seconds to wait for log records still in flight (pushed out of "
+              "order) before refusing with the hole named.")
 @click.option("--no-sync", is_flag=True, help="Return without waiting for the restored files to reach the disk: "
               "faster, but an OS crash soon after can leave them corrupt (as pg_basebackup --no-sync).")
 @click.option("--keep-archiving", is_flag=True, help="Keep archive_mode from the backup (default: off, so a restored copy never archives into the production source).")
@@ -143,7 +156,7 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None, target_dir: Path | None,
-            start: bool, port: int | None, no_sync: bool, keep_archiving: bool, into_dsn: str | None,
+            start: bool, port: int | None, wait_in_flight: float, no_sync: bool, keep_archiving: bool, into_dsn: str | None,
             database: str | None, to_url: str | None, to_password_env: str | None, flush: bool,
             as_json: bool) -> None:
     """Restore SOURCE: the latest state, one backup, or a point in time."""
@@ -153,7 +166,7 @@ def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None
     request = RestoreRequest(
         source=app.config.source(source), target_dir=target_dir.absolute() if target_dir else None,
         backup_id=backup_id, point_in_time=parse_time(pit) if pit else None, start=start, port=port,
-        sync=not no_sync, options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
+        sync=not no_sync, wait_in_flight=wait_in_flight, options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
                  "to": to_url, "to_password_env": to_password_env, "flush": flush},
     )
     result = ops.restore(app.config, request)
@@ -190,52 +203,9 @@ def verify(app: AppContext, as_json: bool) -> None:
         raise SystemExit(5)
 
 
-@cli.group()
-def key() -> None:
-    """Manage the key envelopes that wrap the repository master key."""
+from drkit.cli.keys import key  # noqa: E402 - the key group lives in drkit/cli/keys.py
 
-
-@key.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def key_list(app: AppContext, as_json: bool) -> None:
-    """List key envelopes (never their material)."""
-    from drkit import ops
-
-    keys = ops.list_keys(app.config)
-    text = "\n".join(
-        f"{k['id']}  {k['kind']:<6} {k.get('source') or k.get('kms_key_id') or ''}{'  (in use)' if k['in_use'] else ''}"
-        for k in keys
-    )
-    emit(keys, as_json, text)
-
-
-@key.command("rotate")
-@click.option("--new-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the new key.")
-@click.option("--new-key-env", help="Environment variable holding the new key.")
-@click.option("--new-kms-key-id", help="AWS KMS key (id or ARN) to wrap with.")
-@click.option("--kms-endpoint-url", help="KMS endpoint (for KMS-compatible servers).")
-@click.option("--kms-region", help="KMS region.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def key_rotate(app: AppContext, new_key_file: Path | None, new_key_env: str | None, new_kms_key_id: str | None,
-               kms_endpoint_url: str | None, kms_region: str | None, as_json: bool) -> None:
-    """Rewrap the master key with a new key and remove the envelope of the current one.
-
-    No data is rewritten; every existing backup stays restorable with the new key. Update
-    the encryption section of the configuration afterwards.
-    """
-    from drkit import ops
-    from drkit.config import EncryptionConfig
-
-    given = [v for v in (new_key_file, new_key_env, new_kms_key_id) if v]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --new-key-file, --new-key-env, --new-kms-key-id")
-    enc = EncryptionConfig(key_file=new_key_file.absolute() if new_key_file else None, key_env=new_key_env,
-                           kms_key_id=new_kms_key_id, kms_endpoint_url=kms_endpoint_url, kms_region=kms_region)
-    data = ops.rotate_key(app.config, enc)
-    emit(data, as_json, f"master key rewrapped: key {data['old_key_id']} removed, key {data['new_key_id']} added; "
-                        "now point the configuration's encryption section at the new key")
+cli.add_command(key)
 
 
 def _register_plugins() -> None:

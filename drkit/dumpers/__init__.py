@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from drkit.catalog import Catalog, RestorePoints, load_catalog
 from drkit.config import Config, SourceConfig
 from drkit.errors import ConfigError
 from drkit.repository import Manifest, Repository
@@ -53,6 +54,7 @@ class RestoreRequest:
     start: bool = False
     port: int | None = None
     sync: bool = True  # the restored files are durable before restore returns (see dumpers/durable.py)
+    wait_in_flight: float = 60.0  # a latest restore waits this long for in-flight log records
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,8 +93,20 @@ class Dumper(abc.ABC):
         """Take a backup of ``backup_type`` and commit its manifest; return it."""
 
     @abc.abstractmethod
+    def restore_points(self, catalog: Catalog) -> RestorePoints:
+        """Pure: every restore point the source's manifests and log records provide, with exactly
+        what each needs, and the gaps that cut its chains (see :mod:`drkit.catalog`).  No I/O:
+        ``window``, ``list``, the restore planner, ``verify`` and retention all derive from it."""
+
+    def catalog(self, repo: Repository) -> Catalog:
+        """This source's manifests and log records, the unreadable ones recorded as damaged."""
+        grace = getattr(self.config.repository, "gap_grace", None)
+        return load_catalog(repo, self.source.name, gap_grace=grace)
+
     def window(self, repo: Repository) -> Window:
         """The recoverable window from what the repository holds."""
+        points = self.restore_points(self.catalog(repo))
+        return Window(points.intervals(), points.notes_all())
 
     @abc.abstractmethod
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
@@ -101,6 +115,13 @@ class Dumper(abc.ABC):
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         """Extra per-source facts for ``list`` (e.g. log segment counts)."""
         return {}
+
+    def source_objects(self, repo: Repository) -> list[tuple[str, str | None, str]]:
+        """For ``verify``: every object this dumper keeps under ``sources/<name>/`` that exists, as
+        ``(key, error or None, affects)``: ``error`` says why it does not open or parse, ``affects``
+        which restore points a damaged copy breaks (e.g. "none: affects future backups only").
+        Objects under ``sources/`` that no configured dumper names are reported as unknown."""
+        return []
 
     @classmethod
     def cli_group(cls) -> click.Group | None:

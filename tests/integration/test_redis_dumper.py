@@ -21,6 +21,7 @@ import redis
 import yaml
 from pgenv import DRKIT, workdir
 
+from drkit.repository.manifest import parse_iso
 from drkit.sandbox.redis import RedisInstance, start_redis
 
 PASSWORD = "pw-" + os.urandom(6).hex()
@@ -234,8 +235,9 @@ def test_point_in_time_after_expiry_drops_keys_and_outside_window_refused(renv: 
     b1 = json.loads(renv.drkit("backup", "cache", "--json").stdout)
     listing = json.loads(renv.drkit("list", "cache", "--json").stdout)[0]
     points = listing["restore_points"]
-    assert points == [b1["metadata"]["snapshot_time"]]
-    assert listing["window"]["start"] == points[0]
+    assert [(p["kind"], p["backup"], p["needs"]["manifests"]) for p in points] == [("backup", b1["id"], [b1["id"]])]
+    assert parse_iso(points[0]["start"]) == parse_iso(points[0]["end"]) == parse_iso(b1["metadata"]["snapshot_time"])
+    assert listing["window"]["start"] == points[0]["start"]
     # A time that is not a restore point is refused with the nearest point named; nothing created.
     target = renv.root / "never"
     bad = renv.drkit("restore", "cache", "--point-in-time", "2001-01-01T00:00:00Z", "--target-dir", str(target),

@@ -73,13 +73,34 @@ def test_plan_uses_target_inside_and_replays_all_at_the_end():
 
 def test_newest_covering_base_is_chosen_and_windows_merge():
     b1 = base("b1", 1, 2, 3, stop_min=10)
-    b2 = base("b2", 1, 6, 6, stop_min=30)
+    # b2 carries its own WAL (segment 12, never archived): b1's chain ends before it.
+    b2 = base("b2", 1, 12, 12, stop_min=30)
     logs = [seg(1, n, 10 + n, 10 + n + 0.5) for n in range(4, 12)]
     chains, _ = windows([b1, b2], logs)
     assert merged_intervals(chains) == [(at(10), at(21.5)), (at(30), at(30))]
     assert plan_restore(chains, at(15), "db").backup.id == "b1"
     # b2 stops at minute 30 > the last commit (21.5): its window is just its stop time.
     assert plan_restore(chains, None, "db").backup.id == "b2"
+
+
+def test_a_chain_through_a_later_backup_reaches_its_stop_time_no_false_gap():
+    # One commit, an idle stretch, a second backup: the WAL of b1's chain runs through b2's stop
+    # segment, so every time between the commit and b2's stop is restorable (finding 5).
+    b1 = base("b1", 1, 2, 3, stop_min=10)
+    b2 = base("b2", 1, 5, 5, stop_min=18)
+    logs = [seg(1, 4, 11, 11), seg(1, 5, None, None), seg(1, 6, None, None)]
+    chains, _ = windows([b1, b2], logs)
+    assert merged_intervals(chains) == [(at(10), at(18))]
+    p = plan_restore(chains, at(15), "db")
+    assert p.backup.id == "b1" and p.target is None  # nothing committed after 11: replay it all
+
+
+def test_segment_closed_time_advances_the_newest_safe_time():
+    b1 = base("b1", 1, 2, 3, stop_min=10)
+    last = seg(1, 5, None, None)
+    last.metadata["closed_at"] = iso(at(25))
+    chains, _ = windows([b1], [seg(1, 4, 11, 12), last])
+    assert merged_intervals(chains) == [(at(10), at(25))]
 
 
 def test_timeline_switch_is_followed():
@@ -123,3 +144,56 @@ def test_standby_backup_needs_its_archived_stop_segment_to_continue():
     assert chains == [] and segment_name(1, 3) in notes[0]
     chains, notes = windows([b], [seg(1, 3, 9, 9.5), seg(1, 4, 11, 12)])
     assert not notes and merged_intervals(chains) == [(at(10), at(12))]
+
+
+def _catalog(manifests, logs, damaged=(), now=None):
+    from drkit.catalog import Catalog
+
+    return Catalog("db", list(manifests), list(logs), list(damaged), now)
+
+
+def test_restore_points_name_what_each_needs_and_the_gap_that_cuts_the_chain():
+    from drkit.catalog import Damaged
+    from drkit.dumpers.postgres.chain import restore_points
+
+    b = base("b1", 1, 2, 3, stop_min=10)
+    b.metadata["wal_included"] = False  # node-local: the WAL from start to stop comes from the archive
+    logs = [seg(1, 2, None, None), seg(1, 3, None, None), seg(1, 4, 11, 12), seg(1, 6, 20, 21), seg(1, 7, 22, 23)]
+    for r in logs:
+        r.pushed = iso(at(30))
+    hole = Damaged("logs/db/" + segment_name(1, 5), "log", segment_name(1, 5), "MAC mismatch")
+    pts = restore_points(_catalog([b], logs, [hole], now=at(60)))
+    assert [(p.kind, p.start, p.end, p.logs) for p in pts.points] == [
+        ("backup", at(10), at(10), [segment_name(1, 2), segment_name(1, 3)]),
+        ("range", at(10), at(12), [segment_name(1, n) for n in (2, 3, 4)]),
+    ]
+    assert pts.intervals() == [(at(10), at(12))]
+    [gap] = pts.blocking_latest()
+    assert gap.missing == segment_name(1, 5) and gap.damaged is hole and gap.state == "gap"
+    assert gap.beyond == [segment_name(1, 6), segment_name(1, 7)] and gap.after == at(12)
+    assert "damaged (MAC mismatch)" in gap.text()
+    d = pts.points[1].as_dict()
+    assert d["needs"] == {"manifests": ["b1"], "logs": {"first": segment_name(1, 2), "last": segment_name(1, 4),
+                                                        "count": 3}}
+
+
+def test_a_hole_whose_successors_were_just_pushed_is_in_flight_then_a_gap():
+    from drkit.dumpers.postgres.chain import restore_points
+
+    b = base("b1", 1, 2, 3, stop_min=10)
+    logs = [seg(1, 4, 11, 12), seg(1, 6, 20, 21)]
+    logs[1].pushed = iso(at(30))
+    assert restore_points(_catalog([b], logs, now=at(31))).gaps[0].state == "in_flight"
+    assert restore_points(_catalog([b], logs, now=at(45))).gaps[0].state == "gap"
+
+
+def test_a_later_base_past_the_hole_leaves_nothing_unreachable():
+    from drkit.dumpers.postgres.chain import restore_points
+
+    b1 = base("b1", 1, 2, 3, stop_min=10)
+    b2 = base("b2", 1, 7, 7, stop_min=25)
+    logs = [seg(1, 4, 11, 12), seg(1, 6, 20, 21), seg(1, 8, 26, 27)]
+    pts = restore_points(_catalog([b1, b2], logs))
+    assert pts.intervals() == [(at(10), at(12)), (at(25), at(27))]
+    assert [g.missing for g in pts.gaps] == [segment_name(1, 5)]
+    assert pts.blocking_latest() == []  # segment 8 is reached from b2; 6 lies before b2's start

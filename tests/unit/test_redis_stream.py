@@ -94,6 +94,20 @@ def test_chain_window_sessions_and_gaps():
         ("2026-11-26T10:05:00+00:00", "2026-11-26T10:06:00+00:00"),
     ]
     assert len(chain.slices) == 3
-    assert any("missing between replication offsets 400 and 500" in n for n in chain.notes)
+    assert chain.hole == (400, 500) and [s.name for s in chain.unreached] == [slices[3].name]
+    # The same as restore points: the snapshot, one range per session, and the hole as a gap
+    # that a latest restore must refuse (the slice past it is committed but unreachable).
+    from drkit.catalog import Catalog
+    from drkit.dumpers.redis.chain import restore_points
+
+    pts = restore_points(Catalog("c", [_base(100)], slices))
+    assert [(p.kind, p.start.isoformat(), p.end.isoformat(), p.logs) for p in pts.points] == [
+        ("backup", "2026-11-26T10:00:00+00:00", "2026-11-26T10:00:00+00:00", []),
+        ("range", "2026-11-26T10:00:02+00:00", "2026-11-26T10:01:00+00:00", [slices[0].name, slices[1].name]),
+        ("range", "2026-11-26T10:05:00+00:00", "2026-11-26T10:06:00+00:00", [s.name for s in slices[:3]]),
+    ]
+    [gap] = pts.blocking_latest()
+    assert "400 and 500" in gap.missing and gap.beyond == [slices[3].name] and gap.state == "gap"
+    assert gap.after == datetime(2026, 11, 26, 10, 6, tzinfo=UTC)
     assert chain.covers(datetime(2026, 11, 26, 10, 0, 45, tzinfo=UTC))
     assert not chain.covers(datetime(2026, 11, 26, 10, 3, tzinfo=UTC))

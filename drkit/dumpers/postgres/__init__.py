@@ -9,11 +9,13 @@ from typing import Any
 
 import click
 
-from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Window
+from drkit.catalog import Catalog, RestorePoints, check_present
+from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
+from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.errors import BackupNotFound, ConfigError, DrkitError, OutsideWindow
 from drkit.repository import Manifest, Repository
 
-from .chain import merged_intervals, plan_restore, windows
+from .chain import plan_restore, windows
 from .options import PgOptions, parse_options
 
 # pg_basebackup/pg_dump/restore helpers import psycopg; they load on first use so the
@@ -49,15 +51,20 @@ class PostgresDumper(Dumper):
         raise ConfigError(f"unknown backup type {backup_type!r} (postgres: full, logical)")
 
     # -- window -----------------------------------------------------------------------------
-    def _chains(self, repo: Repository) -> tuple[list, list[str], list[Manifest]]:
-        manifests = repo.list_manifests(self.source.name)
-        records = repo.log_records(self.source.name)
-        chains, notes = windows(manifests, records)
-        return chains, notes, manifests
+    def restore_points(self, catalog: Catalog) -> RestorePoints:
+        from .chain import restore_points
 
-    def window(self, repo: Repository) -> Window:
-        chains, notes, _ = self._chains(repo)
-        return Window(merged_intervals(chains), notes)
+        return restore_points(catalog)
+
+    def _chains(self, repo: Repository) -> tuple[list, list[str], Catalog]:
+        catalog = self.catalog(repo)
+        chains, notes = windows(catalog.manifests, catalog.logs)
+        return chains, notes, catalog
+
+    def source_objects(self, repo: Repository) -> list[tuple[str, str | None, str]]:
+        from .objects import source_objects
+
+        return source_objects(repo, self.source.name)
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         names = repo.list_log_names(self.source.name)
@@ -82,15 +89,17 @@ class PostgresDumper(Dumper):
         if request.backup_id and not request.point_in_time:
             manifest = repo.get_manifest(request.backup_id, self.source.name)
             if manifest.type == "logical":
+                check_present(repo, [(f"backup {manifest.id} {s.name}", s) for s in manifest.streams])
                 return self._restore_logical(repo, manifest, request, t0)
         plan = self._plan_physical(repo, request)
+        check_present(repo, plan.needs)  # before the target is touched
         phases = {"plan": time.monotonic() - t0}
         details = dict(plan.details)
         prepare_target(request.target_dir)
         t1 = time.monotonic()
         port = request.port
         if request.start and not port:
-            from drkit.sandbox.ports import free_port
+            from drkit.proc import free_port
 
             port = free_port()
         try:
@@ -146,7 +155,12 @@ class PostgresDumper(Dumper):
 
     def _plan_physical(self, repo: Repository, request: RestoreRequest) -> _PhysicalPlan:
         """Which base backup, which recovery target, and how far WAL may be replayed."""
-        chains, notes, manifests = self._chains(repo)
+        chains, notes, catalog = self._chains(repo)
+        if request.point_in_time is None and not request.backup_id:
+            catalog = wait_out_in_flight(self, repo, catalog, request.wait_in_flight)
+            chains, notes = windows(catalog.manifests, catalog.logs)
+        records = {r.name: r for r in catalog.logs}
+        manifests = catalog.manifests
         if request.backup_id and not request.point_in_time:
             # --backup alone: the backup as of its end.  Recovery replays WAL only through the
             # backup's stop segment, then promotes.  (recovery_target='immediate' fails when the
@@ -157,8 +171,11 @@ class PostgresDumper(Dumper):
             if not usable and not manifest.metadata.get("wal_included"):
                 raise OutsideWindow(f"backup {manifest.id} is not restorable: the WAL it needs is not archived")
             until = manifest.metadata.get("stop_wal")
+            point = next((p for p in self.restore_points(catalog).points
+                          if p.kind == "backup" and p.backup == manifest.id), None)
             return _PhysicalPlan(manifest, None, until, int(manifest.metadata.get("timeline", 1)), None,
-                                 {"recovery": f"to the end of the backup (WAL through {until})"})
+                                 {"recovery": f"to the end of the backup (WAL through {until})"},
+                                 _needs(manifest, point.logs if point else [], records))
         if not [m for m in manifests if m.type == "full"]:
             raise BackupNotFound(f"source {self.source.name} has no full backup")
         if request.backup_id:
@@ -168,12 +185,17 @@ class PostgresDumper(Dumper):
             chains = [c for c in chains if c.backup.id == request.backup_id]
             if not chains:
                 raise OutsideWindow(f"backup {request.backup_id} has no usable WAL chain: {'; '.join(notes)}")
-        plan = plan_restore(chains, request.point_in_time, self.source.name)
+        try:
+            plan = plan_restore(chains, request.point_in_time, self.source.name)
+        except OutsideWindow as exc:
+            raise past_gap(self.restore_points(catalog), request.point_in_time, exc) from None
         # Pin recovery to the chain this plan was made on: WAL archived later (a primary that is
         # still running during the incident) is never replayed.
+        histories = [f"{t:08X}.history" for t, _ in plan.chain.timeline_path[1:]]
         return _PhysicalPlan(
             plan.backup, plan.target, plan.last_segment, plan.timeline, plan.min_replay_segno(),
             {"recovery": "to " + (plan.target.isoformat() if plan.target else "the end of the archived WAL")},
+            _needs(plan.backup, histories + [s.name for s in plan.chain.segments], records),
         )
 
     @classmethod
@@ -191,6 +213,13 @@ class _PhysicalPlan:
     timeline: int
     min_segno: int | None  # recovery must replay at least through this segment
     details: dict[str, Any]
+    needs: list[tuple[str, Any]]  # (what, StreamRef) of every stream the restore reads
+
+
+def _needs(backup: Manifest, logs: list[str], records: dict[str, Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = [(f"backup {backup.id} {s.name}", s) for s in backup.streams]
+    out += [(f"WAL {n}", records[n].stream) for n in logs if n in records]
+    return out
 
 
 def _check_replayed(lsn: str | None, min_segno: int | None, backup: Manifest, request: RestoreRequest) -> None:

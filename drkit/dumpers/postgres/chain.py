@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from drkit.catalog import Catalog, Gap, RestorePoint, RestorePoints, classify
 from drkit.errors import OutsideWindow
 from drkit.repository import LogRecord, Manifest
 from drkit.repository.manifest import parse_iso
@@ -27,6 +28,8 @@ class SegmentInfo:
     first_commit: datetime | None
     last_commit: datetime | None
     times_known: bool = True
+    closed_at: datetime | None = None  # the segment file's last write (it was complete then)
+    pushed: datetime | None = None  # when its record was committed
 
 
 @dataclass
@@ -85,6 +88,8 @@ class WalCatalog:
                     parse_iso(md["first_commit"]) if md.get("first_commit") else None,
                     parse_iso(md["last_commit"]) if md.get("last_commit") else None,
                     bool(md.get("commit_times_ok", True)),
+                    parse_iso(md["closed_at"]) if md.get("closed_at") else None,
+                    parse_iso(rec.pushed) if rec.pushed else None,
                 )
             elif HISTORY_RE.match(rec.name):
                 self.histories[int(rec.name[:8], 16)] = rec.metadata.get("history", [])
@@ -157,11 +162,20 @@ class WalCatalog:
         for s in segs:
             if s.last_commit and s.last_commit > end and s.segno > stop_segno - 1:
                 end = s.last_commit
+        # Newest safe time: every commit made before the last contiguous segment was complete is
+        # in the chain, so an idle stretch after the last commit is restorable too.
+        if segs and segs[-1].closed_at and segs[-1].segno >= stop_segno and segs[-1].closed_at > end:
+            end = segs[-1].closed_at
         return BaseChain(backup, path, consistent, last, end, stop_time, missing, segs)
 
 
 def windows(backups: list[Manifest], records: list[LogRecord]) -> tuple[list[BaseChain], list[str]]:
     """Each usable base backup's chain, and notes about unusable ones."""
+    chains, notes, _ = _analyse(backups, records)
+    return chains, notes
+
+
+def _analyse(backups: list[Manifest], records: list[LogRecord]) -> tuple[list[BaseChain], list[str], WalCatalog]:
     physical = [b for b in backups if b.type == "full" and "stop_lsn" in b.metadata]
     seg_size = _seg_size(physical[0]) if physical else 16 * 1024 * 1024
     for rec in records:
@@ -183,12 +197,28 @@ def windows(backups: list[Manifest], records: list[LogRecord]) -> tuple[list[Bas
                 notes.append(note)
         if ch.consistent:
             chains.append(ch)
-        else:
-            notes.append(
-                f"backup {b.id} is not restorable: WAL segment {ch.missing} (needed to reach its "
-                f"consistent point {b.metadata['stop_lsn']}) is not archived"
-            )
-    return chains, notes
+            continue
+        notes.append(
+            f"backup {b.id} is not restorable: WAL segment {ch.missing} (needed to reach its "
+            f"consistent point {b.metadata['stop_lsn']}) is not archived"
+        )
+    _extend_to_later_backups(chains)
+    return chains, notes, cat
+
+
+def _extend_to_later_backups(chains: list[BaseChain]) -> None:
+    """A chain that replays through a later backup's stop segment reaches that backup's stop
+    time: every commit before it lies at or before its stop LSN.  (Without this an idle stretch
+    between the last commit and a later backup showed as a false gap.)"""
+    for c in chains:
+        have = {(s.tli, s.segno) for s in c.segments}
+        for other in chains:
+            if other.stop_time <= c.end:
+                continue
+            md = other.backup.metadata
+            seg = int(md.get("segment_size", 16 << 20))
+            if (int(md["timeline"]), lsn_segno(parse_lsn(md["stop_lsn"]), seg)) in have:
+                c.end = other.stop_time
 
 
 def merged_intervals(chains: list[BaseChain]) -> list[tuple[datetime, datetime]]:
@@ -228,3 +258,59 @@ def plan_restore(chains: list[BaseChain], target: datetime | None, source: str) 
     if last_commit is None or target >= last_commit:
         return Plan(best.backup, None, best)  # nothing committed after T in the archive
     return Plan(best.backup, target, best)
+
+
+def restore_points(catalog: Catalog) -> RestorePoints:
+    """The PostgreSQL dumper's restore points (pure; see :mod:`drkit.catalog`).
+
+    Each usable base backup gives a ``backup`` point (its stop time; it needs the WAL from its
+    start to its stop segment) and, when archived WAL continues past it, a ``range`` up to the
+    newest safe time of its contiguous chain.  A segment missing (or damaged) with WAL archived
+    after it is a :class:`Gap`; its ``beyond`` lists the archived segments that no restore
+    point reaches.  Logical dumps are ``backup`` points outside the PITR window (``--backup``).
+    """
+    chains, notes, cat = _analyse(catalog.manifests, catalog.logs)
+    for d in catalog.damaged:
+        if d.kind == "manifest":
+            notes.append(f"backup manifest {d.key} is damaged ({d.error}): that backup cannot be restored; "
+                         "every other restore point is unaffected")
+    points: list[RestorePoint] = []
+    for m in catalog.manifests:
+        if m.type == "logical":
+            points.append(RestorePoint("backup", parse_iso(m.finished), parse_iso(m.finished), m.id, [m.id],
+                                       window=False))
+    reached: set[tuple[int, int]] = set()
+    for c in chains:
+        stop_segno = lsn_segno(parse_lsn(c.backup.metadata["stop_lsn"]), cat.seg_size)
+        histories = [f"{t:08X}.history" for t, _ in c.timeline_path[1:]]
+        names = [s.name for s in c.segments]
+        upto_stop = [s.name for s in c.segments if s.segno <= stop_segno]
+        points.append(RestorePoint("backup", c.stop_time, c.stop_time, c.backup.id, [c.backup.id], upto_stop))
+        if c.end > c.stop_time:
+            points.append(RestorePoint("range", c.stop_time, c.end, c.backup.id, [c.backup.id],
+                                       [h for h in histories if int(h[:8], 16) in cat.histories] + names))
+        reached.update((s.tli, s.segno) for s in c.segments)
+    gaps = []
+    for c in chains:
+        if c.missing is None or c.last_segno is None:
+            continue
+        tlis = {t for t, _ in c.timeline_path}
+        past = sorted((n, t) for (t, n) in cat.segments if t in tlis and n > c.last_segno)
+        if not past:
+            continue  # the chain simply ends at the newest archived segment
+        # Only WAL newer than everything some chain reaches is lost to a latest restore; an
+        # unreached segment older than a later base is needed by no restore point.
+        newest = max([n for (_, n) in reached] + [x.last_segno for x in chains if x.last_segno is not None])
+        beyond = [cat.segments[(t, n)] for n, t in past if (t, n) not in reached and n > newest]
+        missing_name = c.missing.split(" ")[0]
+        gaps.append(Gap(
+            chain=f"backup {c.backup.id}", missing=c.missing, after=c.end, beyond=[s.name for s in beyond],
+            state=classify([s.pushed for s in beyond if s.pushed], catalog.now, catalog.gap_grace) if beyond else "gap",
+            damaged=catalog.damaged_log(missing_name)))
+    # One hole cuts every chain that runs into it: name it once, with the newest point before it.
+    merged: dict[str, Gap] = {}
+    for g in gaps:
+        prev = merged.get(g.missing)
+        if prev is None or (g.after and prev.after and g.after > prev.after):
+            merged[g.missing] = g
+    return RestorePoints(points, list(merged.values()), notes)

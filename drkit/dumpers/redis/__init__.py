@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
-from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Window
+from drkit.catalog import Catalog, RestorePoints, check_present
+from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
+from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.errors import BackupNotFound, ConfigError, OutsideWindow
 from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import iso
@@ -48,22 +50,26 @@ class RedisDumper(Dumper):
 
         return full_backup(repo, self.source.name, self.options)
 
-    def _chains(self, repo: Repository) -> list[Chain]:
-        return build_chains(repo.list_manifests(self.source.name), repo.log_records(self.source.name))
+    def restore_points(self, catalog: Catalog) -> RestorePoints:
+        from .chain import restore_points
 
-    def window(self, repo: Repository) -> Window:
-        chains = self._chains(repo)
-        return Window(merge([iv for c in chains for iv in c.intervals]), [n for c in chains for n in c.notes])
+        return restore_points(catalog)
+
+    def _chains(self, repo: Repository, catalog: Catalog | None = None) -> list[Chain]:
+        catalog = catalog or self.catalog(repo)
+        return build_chains(catalog.manifests, catalog.logs)
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         chains = self._chains(repo)
-        return {"restore_points": [iso(snapshot_time(c.base)) for c in chains],
-                "chains": [{"chain": c.name, "base": c.base.id, "slices": len(c.slices),
+        return {"chains": [{"chain": c.name, "base": c.base.id, "slices": len(c.slices),
                             "commands": sum(int(s.metadata.get("commands", 0)) for s in c.slices)}
                            for c in chains if c.base.metadata.get("chain")]}
 
     def _plan(self, repo: Repository, request: RestoreRequest) -> tuple[Chain, datetime]:
-        chains = self._chains(repo)
+        catalog = self.catalog(repo)
+        if request.point_in_time is None and not request.backup_id:
+            catalog = wait_out_in_flight(self, repo, catalog, request.wait_in_flight)
+        chains = self._chains(repo, catalog)
         if request.backup_id:
             found = [c for c in chains if c.base.id == request.backup_id]
             for c in chains:  # an AOF incremental: its chain, as of the end it covers
@@ -88,8 +94,9 @@ class RedisDumper(Dumper):
         usable = [c for c in chains if c.covers(t)]
         if not usable:
             window = merge([iv for c in chains for iv in c.intervals])
-            raise OutsideWindow(f"{iso(t)} is outside the recoverable window of source {self.source.name}: "
-                                f"{_describe(window)}. See 'drkit list {self.source.name}'.")
+            raise past_gap(self.restore_points(catalog), t, OutsideWindow(
+                f"{iso(t)} is outside the recoverable window of source {self.source.name}: "
+                f"{_describe(window)}. See 'drkit list {self.source.name}'"))
         return max(usable, key=lambda c: snapshot_time(c.base)), t
 
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
@@ -102,6 +109,8 @@ class RedisDumper(Dumper):
         # An AOF base is the state at its fork: the commands up to the end of that second are replayed.
         slices = chain.slices_until(at) if at > snap or chain.aof else []
         slices = [s for s in slices if s.metadata.get("commands")]
+        check_present(repo, [(f"backup {base.id} {st.name}", st) for st in base.streams]
+                      + [(f"slice {s.name}", s.stream) for s in slices])  # before the target is touched
         phases = {"plan": time.monotonic() - t0}
         details: dict[str, Any] = {"restored_to": iso(at), "base_snapshot": iso(snap), "chain": chain.name,
                                    "slices_replayed": len(slices)}
@@ -143,7 +152,7 @@ class RedisDumper(Dumper):
             details["durable"] = request.sync
             phases["download"] = time.monotonic() - t1
             if slices or request.start:
-                from drkit.sandbox.ports import free_port
+                from drkit.proc import free_port
 
                 t2 = time.monotonic()
                 port = request.port or free_port()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from drkit.catalog import Catalog, Gap, RestorePoint, RestorePoints, classify
 from drkit.repository import Manifest
 from drkit.repository.manifest import LogRecord, parse_iso
 
@@ -34,6 +35,8 @@ class Chain:
     slices: list[LogRecord] = field(default_factory=list)
     intervals: list[tuple[datetime, datetime]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hole: tuple[int, int] | None = None  # (expected offset, next present offset) where pieces are missing
+    unreached: list[LogRecord] = field(default_factory=list)  # pieces past the hole
 
     @property
     def aof(self) -> bool:
@@ -80,8 +83,8 @@ def _attach(chain: Chain, slices: list[LogRecord]) -> None:
     for s in slices:
         start, end = int(s.metadata["start_offset"]), int(s.metadata["end_offset"])
         if start != expect:
-            chain.notes.append(f"chain {chain.name}: command slices missing between replication offsets "
-                               f"{expect} and {start}; restore points after {expect} are not reachable")
+            chain.hole = (expect, start)
+            chain.unreached = slices[slices.index(s):]
             break
         chain.slices.append(s)
         expect = end
@@ -108,3 +111,42 @@ def merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, da
         else:
             out.append((a, b))
     return out
+
+
+def restore_points(catalog: Catalog) -> RestorePoints:
+    """The Redis dumper's restore points (pure; see :mod:`drkit.catalog`): each snapshot is a
+    ``backup`` point; each interval its chain's pieces cover is a ``range`` needing the base and
+    every piece up to the interval's end.  Pieces missing between offsets with pieces committed
+    after them are a :class:`Gap`."""
+    chains = build_chains(catalog.manifests, catalog.logs)
+    manifest_ids = {m.id for m in catalog.manifests}
+    points: list[RestorePoint] = []
+    gaps: list[Gap] = []
+    notes = [f"backup manifest {d.key} is damaged ({d.error}): that backup cannot be restored; every other "
+             "restore point is unaffected" for d in catalog.damaged if d.kind == "manifest"]
+    for c in chains:
+        snap = snapshot_time(c.base)
+        points.append(RestorePoint("backup", snap, snap, c.base.id, [c.base.id]))
+        for a, b in c.intervals:
+            if b <= snap:
+                continue
+            ms = int(b.timestamp() * 1000)
+            used = [sl for sl in c.slices if int(sl.metadata.get("first_ts_ms") or 0) <= ms]
+            points.append(RestorePoint(
+                "range", max(a, snap), b, c.base.id,
+                [c.base.id] + [sl.name for sl in used if sl.name in manifest_ids],
+                [sl.name for sl in used if sl.name not in manifest_ids]))
+        if c.hole is not None:
+            expect, start = c.hole
+            pushed = [parse_iso(sl.pushed) for sl in c.unreached if sl.pushed and sl.name not in manifest_ids]
+            damaged = [d for d in catalog.damaged if d.kind == "log"]
+            gaps.append(Gap(
+                chain=f"chain {c.name} (base {c.base.id})",
+                missing=f"the pieces between replication offsets {expect} and {start}",
+                after=c.intervals[-1][1], beyond=[sl.name for sl in c.unreached],
+                state=classify(pushed, catalog.now, catalog.gap_grace),
+                damaged=damaged[0] if len(damaged) == 1 else None))
+    for d in catalog.damaged:
+        if d.kind == "log" and not any(g.damaged is d for g in gaps):
+            notes.append(f"log record {d.key} is damaged ({d.error}); a chain that needs it ends before it")
+    return RestorePoints(points, gaps, notes)
