@@ -269,3 +269,37 @@ def test_idle_primary_window_still_advances(renv: RedisEnv):  # noqa: F811
     _, out = restored_state(renv, t, "idle")
     with redis.Redis(port=out["port"]) as r:
         assert r.get("k") == b"v"
+
+
+def test_a_missing_slice_cuts_the_chain_and_a_latest_restore_refuses(renv: RedisEnv):  # noqa: F811
+    import yaml
+
+    cfg = yaml.safe_load(renv.config_path.read_text())
+    cfg["repository"]["gap_grace"] = 0  # a fresh hole is a gap at once
+    renv.config_path.write_text(yaml.safe_dump(cfg))
+    with renv.primary.client() as c:
+        c.set("counter", 0)
+        marks: list[tuple[datetime, dict]] = []
+        with following(renv, c, marks):
+            workload(c, 8, marks, pause=0.6)
+    logs = renv.root / "repo" / "logs" / "cache"
+    slices = sorted(logs.iterdir())
+    assert len(slices) >= 4, slices
+    victim = slices[len(slices) // 2]
+    victim.unlink()
+    entry = json.loads(renv.drkit("list", "cache", "--json").stdout)[0]
+    [gap] = entry["gaps"]
+    assert gap["state"] == "gap" and gap["unreachable_logs"]["count"] >= 1
+    newest = datetime.fromisoformat(gap["newest_reachable"].replace("Z", "+00:00"))
+    assert newest < marks[-1][0]
+    target = renv.root / "latest"
+    proc = renv.drkit("restore", "cache", "--target-dir", str(target), "--wait-in-flight", "0", check=False)
+    assert proc.returncode == 9, proc.stderr
+    assert "--point-in-time " + gap["newest_reachable"] in proc.stderr and not target.exists()
+    report = json.loads(renv.drkit("verify", "--json", check=False).stdout)
+    assert not report["ok"] and any(p["kind"] == "chain" for p in report["problems"])
+    # Before the hole, point-in-time restores keep working: the last step recorded before it.
+    before = [(t, s) for t, s in marks if t <= newest]
+    assert before, (marks[0][0], newest)
+    got, _ = restored_state(renv, before[-1][0], "before-hole")
+    assert got == before[-1][1]
