@@ -5,40 +5,78 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from drkit.config import read_password
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, with_config
+
+from drkit.config import FilePath, Text, read_password, validate_section
 from drkit.errors import ConfigError
 
 
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("not absolute")
+    return path
+
+
+def _rate_input(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# pg_basebackup --max-rate: 32 .. 1048576 kB/s, "k" (default) or "M" suffix.
+MaxRate = Annotated[str, BeforeValidator(_rate_input), Strict(),
+                    Field(pattern=r"^[1-9][0-9]*[kM]?$", description="a rate such as 100M or 32768k (pg_basebackup --max-rate)")]
+AbsolutePath = Annotated[FilePath, AfterValidator(_absolute), Field(description="an absolute path")]
+Databases = Annotated[tuple[Annotated[str, Strict(), Field(min_length=1)], ...], Strict(False),
+                      Field(description="a list of database names")]
+Checkpoint = Annotated[Literal["fast", "spread"], Field(description="fast or spread")]
+
+
+@with_config({"extra": "forbid"})
 @dataclass(frozen=True)
 class PgOptions:
     dsn: str
-    bin_dir: Path
-    password_env: str | None = None
-    password_file: Path | None = None
-    os_user: str = "postgres"  # who runs a restored server (PostgreSQL refuses root)
-    databases: tuple[str, ...] = ()  # logical backups: empty = every connectable database
-    checkpoint: str = "fast"
-    max_rate: str | None = None
+    bin_dir: FilePath
+    password_env: Text | None = None
+    password_file: FilePath | None = None
+    os_user: Text = "postgres"  # who runs a restored server (PostgreSQL refuses root)
+    databases: Databases = ()  # logical backups: empty = every connectable database
+    checkpoint: Checkpoint = "fast"
+    max_rate: MaxRate | None = None
     # Node-local full backups: the server's data directory, readable by drkit on this host.
-    data_dir: Path | None = None
+    data_dir: AbsolutePath | None = None
+    # The source's name, for messages (not a setting of the file).
+    source: InitVar[str | None] = None
+
+    def __post_init__(self, source: str | None) -> None:
+        object.__setattr__(self, "_source", source)
 
     def env(self) -> dict[str, str]:
-        """Environment for libpq tools: the password travels here, never in argv."""
+        """Environment for libpq tools: the password travels here, never in argv.
+
+        Tools that only read files (pg_waldump, pg_controldata) run with it too, so a
+        ``password_env`` this process lacks is left out here rather than refused; every path
+        that logs in connects through :func:`server.connect` (which calls :meth:`password`)
+        first and gets the ConfigError there."""
         env = dict(os.environ)
         env["TZ"] = "UTC"
         env["PGTZ"] = "UTC"
         env.setdefault("PGCONNECT_TIMEOUT", "10")
+        if self.password_env and not os.environ.get(self.password_env) and not self.password_file:
+            return env
         password = self.password()
         if password:
             env["PGPASSWORD"] = password
         return env
 
     def password(self) -> str | None:
-        return read_password(self.password_env, self.password_file)
+        """The password to log in with (None: none configured, libpq's own mechanisms apply).
+
+        Raises ConfigError when ``password_env`` names a variable that is not set."""
+        owner = getattr(self, "_source", None)
+        return read_password(self.password_env, self.password_file, owner=f"sources.{owner}" if owner else None)
 
     def tool(self, name: str) -> str:
         path = self.bin_dir / name
@@ -85,31 +123,26 @@ def find_bin_dir() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
+SETTINGS = {"dsn", "bin_dir", "password_env", "password_file", "os_user", "databases", "checkpoint", "max_rate",
+            "data_dir"}
+
+
 def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
+    """Validate a postgres source's settings; a problem raises ConfigError naming
+    ``sources.<source>.<field>``, what it accepts and what was given."""
     where = f"sources.{source}"
-    dsn = raw.pop("dsn", None)
-    if not dsn or not isinstance(dsn, str):
+    dsn = raw.get("dsn")
+    if not dsn or not isinstance(dsn, str):  # checked here: a DSN is never echoed (it may hold a secret)
         raise ConfigError(f"{where}.dsn is required (a libpq connection string)")
     check_no_password(dsn, f"{where}.dsn")
-    bin_dir = raw.pop("bin_dir", None)
-    bin_path = Path(bin_dir) if bin_dir else find_bin_dir()
-    if bin_path is None:
-        raise ConfigError(f"{where}.bin_dir: no PostgreSQL client tools found; install postgresql or set bin_dir")
-    dbs = raw.pop("databases", None) or ()
-    opts = {
-        "password_env": raw.pop("password_env", None),
-        "password_file": Path(raw.pop("password_file")) if raw.get("password_file") else None,
-        "os_user": raw.pop("os_user", "postgres"),
-        "checkpoint": raw.pop("checkpoint", "fast"),
-        "max_rate": raw.pop("max_rate", None),
-        "data_dir": Path(raw.pop("data_dir")) if raw.get("data_dir") else None,
-    }
-    raw.pop("data_dir", None)
-    raw.pop("password_file", None)
-    if raw:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(raw))}")
-    if opts["checkpoint"] not in ("fast", "spread"):
-        raise ConfigError(f"{where}.checkpoint must be fast or spread")
-    if opts["data_dir"] is not None and not opts["data_dir"].is_absolute():
-        raise ConfigError(f"{where}.data_dir must be an absolute path")
-    return PgOptions(dsn=dsn, bin_dir=bin_path, databases=tuple(dbs), **opts)
+    given = {k: v for k, v in raw.items() if v is not None or k not in ("databases", "bin_dir")}
+    if "databases" in raw and raw["databases"] is None:
+        given["databases"] = ()
+    if given.get("bin_dir") is None:
+        found = find_bin_dir()
+        if found is None:
+            raise ConfigError(f"{where}.bin_dir: no PostgreSQL client tools found; install postgresql or set bin_dir")
+        given["bin_dir"] = found
+    opts = validate_section(PgOptions, given, ("sources", source), allowed=SETTINGS, fixed={"source": source})
+    assert opts is not None
+    return opts

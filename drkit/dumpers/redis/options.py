@@ -12,26 +12,33 @@ sources:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import InitVar, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from drkit.config import read_password
+from pydantic import with_config
+
+from drkit.config import FilePath, Seconds, Text, read_password, validate_section
 from drkit.errors import ConfigError
 
 
+@with_config({"extra": "forbid"})
 @dataclass(frozen=True)
 class RedisOptions:
     host: str
     port: int
-    username: str | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
-    data_dir: Path | None = None
-    connect_timeout: float = 10.0
-    sync_timeout: float = 3600.0  # how long the server may take to produce its snapshot
-    slice_seconds: float = 60.0  # `redis follow`: seal a slice of the command stream this often
+    username: Text | None = None
+    password_env: Text | None = None
+    password_file: FilePath | None = None
+    data_dir: FilePath | None = None
+    connect_timeout: Seconds = 10.0
+    sync_timeout: Seconds = 3600.0  # how long the server may take to produce its snapshot
+    slice_seconds: Seconds = 60.0  # `redis follow`: seal a slice of the command stream this often
+    # The source's name, for messages (not a setting of the file).
+    source: InitVar[str | None] = None
+
+    def __post_init__(self, source: str | None) -> None:
+        object.__setattr__(self, "_source", source)
 
     @property
     def url(self) -> str:
@@ -39,7 +46,10 @@ class RedisOptions:
         return f"redis://{self.host}:{self.port}"
 
     def password(self) -> str | None:
-        return read_password(self.password_env, self.password_file)
+        """The password to AUTH with (None: none configured).  Raises ConfigError when
+        ``password_env`` names a variable that is not set -- before any command is sent."""
+        owner = getattr(self, "_source", None)
+        return read_password(self.password_env, self.password_file, owner=f"sources.{owner}" if owner else None)
 
     def client(self, **kw: Any) -> Any:
         """A redis-py client for ordinary commands (INFO, TIME, BGSAVE ...)."""
@@ -67,26 +77,22 @@ def parse_url(url: str, what: str) -> tuple[str, int, str | None]:
     return parts.hostname, port, parts.username or None
 
 
+SETTINGS = {"url", "username", "password_env", "password_file", "data_dir", "connect_timeout", "sync_timeout",
+            "slice_seconds"}
+
+
 def parse_options(source: str, raw: dict[str, Any]) -> RedisOptions:
+    """Validate a redis source's settings; a problem raises ConfigError naming
+    ``sources.<source>.<field>``, what it accepts and what was given."""
     where = f"sources.{source}"
-    url = raw.pop("url", None)
+    url = raw.get("url")
     if not url or not isinstance(url, str):
         raise ConfigError(f"{where}.url is required (redis://host:port)")
     host, port, user = parse_url(url, f"{where}.url")
-    opts: dict[str, Any] = {
-        "username": raw.pop("username", None) or user,
-        "password_env": raw.pop("password_env", None),
-        "password_file": Path(raw.pop("password_file")) if raw.get("password_file") else None,
-        "data_dir": Path(raw.pop("data_dir")) if raw.get("data_dir") else None,
-    }
-    for name in ("connect_timeout", "sync_timeout", "slice_seconds"):
-        if name in raw:
-            value = raw.pop(name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{where}.{name} must be a positive number of seconds")
-            opts[name] = float(value)
-    raw.pop("password_file", None)
-    raw.pop("data_dir", None)
-    if raw:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(raw))}")
-    return RedisOptions(host=host, port=port, **opts)
+    given = {k: v for k, v in raw.items() if k != "url"}
+    if given.get("username") is None and user:
+        given["username"] = user
+    opts = validate_section(RedisOptions, given, ("sources", source), allowed=SETTINGS,
+                            fixed={"host": host, "port": port, "source": source})
+    assert opts is not None
+    return opts
