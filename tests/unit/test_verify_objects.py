@@ -125,12 +125,18 @@ def test_each_damaged_object_kind_is_reported(storage, kind, how):  # noqa: F811
 
 
 def test_flipped_byte_inside_the_wrapped_master_key_is_reported(storage):  # noqa: F811
-    # The envelope still parses: only unwrapping it again finds the damage.
+    # The envelope still parses: its self-checksum finds the damage, and for an envelope written
+    # before self-checks (no "check" field) unwrapping it again does.
     repo, keys = populated(storage)
     env = json.loads(storage.get(keys["key"]))
     wrapped = bytearray(base64.b64decode(env["wrapped"]))
     wrapped[7] ^= 0x01
     storage.put(keys["key"], json.dumps({**env, "wrapped": base64.b64encode(wrapped).decode()}).encode(),
+                exclusive=False)
+    [p] = problems_of(run(repo), "key")
+    assert p["object"] == keys["key"] and "self-check mismatch" in p["error"] and p["affects"]
+    old = {k: v for k, v in env.items() if k != "check"}
+    storage.put(keys["key"], json.dumps({**old, "wrapped": base64.b64encode(wrapped).decode()}).encode(),
                 exclusive=False)
     [p] = problems_of(run(repo), "key")
     assert p["object"] == keys["key"] and "does not unwrap" in p["error"] and p["affects"]
