@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from pgenv import workdir
 from test_redis_dumper import PASSWORD, RedisEnv, populate, redis_env, snapshot
 
+from drkit.dumpers.redis.aof import parse_manifest
 from drkit.sandbox.redis import start_redis
 
 AOF_SETTINGS = {"appendonly": "yes", "aof-timestamp-enabled": "yes", "auto-aof-rewrite-percentage": 0,
@@ -214,6 +215,98 @@ def test_rewrite_before_shipping_is_bridged_by_the_hold_or_breaks_the_chain_loud
     assert proc.returncode == 8 and "outside the recoverable window" in proc.stderr, proc.stderr
     got, out = restore(aenv, marks[4][0] * 1000 + 999, "new-chain")
     assert got == marks[4][1] and out["chain"] == new["metadata"]["chain"]
+
+
+def newest_incr(env: RedisEnv) -> tuple[int, bytes]:
+    """(seq, bytes) of the newest INCR file the server's AOF manifest lists."""
+    adir = env.primary.data_dir / "appendonlydir"
+    last = parse_manifest((adir / "appendonly.aof.manifest").read_text(), "manifest").incrs[-1]
+    return last.seq, (adir / last.name).read_bytes()
+
+
+def headless_rewrite(env: RedisEnv, c: redis.Redis, marks: list[tuple[int, dict]], tag: str,
+                     before_rewrite=None, attempts: int = 1) -> tuple[int, int]:
+    """Write, BGREWRITEAOF, write again within one second of the server's clock, so that the INCR
+    file the rewrite opens starts with commands and no #TS (Redis annotates a second only once);
+    tried ``attempts`` times if the machine straddles a second.  Records (second, state) after
+    each try; returns (that second, the new file's seq)."""
+    for attempt in range(attempts):
+        after = marks[-1][0] if marks else None
+        while True:  # the very start of a fresh second
+            sec, frac = server_second(c)
+            if (after is None or sec > after) and frac < 0.2:
+                break
+            time.sleep(max(0.005, 1.0 - frac))
+        c.set(f"w:{tag}{attempt}a", "before the rewrite")
+        c.incr("counter")
+        if before_rewrite:
+            before_rewrite()
+        c.bgrewriteaof()
+        c.set(f"w:{tag}{attempt}b", "after the rewrite")
+        c.incr("counter")
+        seq, data = newest_incr(env)
+        end, _ = server_second(c)
+        marks.append((end, state(c)))
+        wait_rewrite(c)
+        if end == sec:
+            assert data.startswith(b"*") and b"#TS:" not in data, data[:200]  # the case really happened
+            return sec, seq
+    pytest.fail("write-rewrite-write straddled a second; the machine is too slow for this test")
+
+
+def wait_rewrite(c: redis.Redis) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        p = c.info("persistence")
+        if not p["aof_rewrite_in_progress"] and not p["aof_rewrite_scheduled"]:
+            return
+        time.sleep(0.02)
+    raise AssertionError("BGREWRITEAOF did not finish")
+
+
+def test_incr_file_starting_in_the_second_of_the_last_annotation_inherits_it(aenv: RedisEnv):
+    """Redis writes no #TS before the first commands of an INCR file opened by a rewrite in the
+    same second as its last annotation.  Those commands belong to that second: at a chain's start
+    (inherited from the base's ctime) and inside an incremental that ships across the rewrite."""
+    hold = aenv.primary.data_dir / "drkit-aof-hold"
+    with aenv.primary.client() as c:
+        c.set("counter", 0)
+        first = backup(aenv, "full")
+        marks: list[tuple[int, dict]] = []
+        # Without the hold the next incremental starts a new chain from this rewrite's BASE, whose
+        # first INCR file starts headless.
+        base_sec, base_seq = headless_rewrite(
+            aenv, c, marks, "h", before_rewrite=lambda: [link.unlink() for link in hold.iterdir()], attempts=5)
+        new = backup(aenv, "incremental")
+        assert new["type"] == "full" and new["metadata"]["previous_chain"] == first["metadata"]["chain"]
+        assert new["metadata"]["rdb_ctime"] == base_sec
+        assert new["metadata"]["aof_position"]["seq"] == base_seq
+        chain_marks = [marks[-1]]
+        # Inside the chain: the old file's last annotation is the second of the new file's start
+        # (one try: a second rewrite before the incremental would drop the file in between).
+        sec2, seq2 = headless_rewrite(aenv, c, chain_marks, "k")
+        before2 = chain_marks[-2][1]
+        step(c, 9, chain_marks)
+        inc = backup(aenv, "incremental")
+    meta = inc["metadata"]
+    assert inc["type"] == "incremental" and meta["chain"] == new["metadata"]["chain"]
+    assert [p["seq"] for p in meta["pieces"]] == list(range(base_seq, seq2 + 1))
+    assert meta["inherited_from"] == "base" and meta["inherited_ts"] == base_sec
+    assert meta["untimed_commands"] >= 2  # SELECT + SET + INCR after the rewrite, before any #TS
+    assert meta["first_ts_ms"] == meta["ts_at_start_ms"] == base_sec * 1000 + 999
+    entry = listing(aenv)
+    window = entry["windows"][-1]
+    assert datetime.fromisoformat(window["start"]) == datetime.fromtimestamp(base_sec, UTC) + timedelta(
+        milliseconds=999)
+    assert datetime.fromisoformat(window["end"]) >= datetime.fromtimestamp(chain_marks[-1][0] + 1, UTC)
+    assert sec2 > base_sec
+    for i, (sec, expected) in enumerate(chain_marks):  # every key as committed by each second's end
+        got, out = restore(aenv, sec * 1000 + 999, f"headless-{i}")
+        assert got == expected, (sec, got, expected)
+        assert out["chain"] == new["metadata"]["chain"]
+    # The middle of the in-chain rewrite's second: everything before it, nothing of it.
+    got, _ = restore(aenv, sec2 * 1000 + 500, "headless-mid")
+    assert got == before2
 
 
 def test_corrupt_or_truncated_aof_is_named_and_nothing_committed(aenv: RedisEnv):

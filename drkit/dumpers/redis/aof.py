@@ -12,10 +12,20 @@ in ``seq`` order, is always a consistent history, and an INCR file is *closed* (
 again) once a file with a higher ``seq`` is listed.
 
 With ``aof-timestamp-enabled yes`` the INCR files carry ``#TS:<unix seconds>\\r\\n`` annotations:
-one before the first command of every second (and at the start of every INCR file).  A command
-after ``#TS:S`` ran during second S; drkit gives it the time ``S*1000 + 999`` ms -- the end of its
-second -- so "replay every command with time <= T" replays exactly the whole seconds that ended by T
-(1 s resolution, never a command from after T).
+one before the first command of every second.  A command after ``#TS:S`` ran during second S;
+drkit gives it the time ``S*1000 + 999`` ms -- the end of its second -- so "replay every command
+with time <= T" replays exactly the whole seconds that ended by T (1 s resolution, never a command
+from after T).
+
+An INCR file does *not* always start with an annotation: Redis 7 (``genAofTimestampAnnotationIfNeeded``
+in aof.c) writes one only when the server's second is later than the last one it wrote
+(``server.aof_cur_timestamp``), and opening the next INCR file at a rewrite does not reset that;
+the RDB-preamble BASE has no annotation at all (the forced one is written only by the child, and
+only for an AOF-format BASE).  So commands at the start of an INCR file written in the same second
+as the last annotation (in the previous INCR file) carry none of their own: they belong to that
+second.  The backup knows it when it ships them (the chain's previous piece ended under it, or,
+for the first piece of a chain, it is at or before the BASE's ``ctime`` second) and records it in
+the piece (``inherited_ts``, ``ts_at_start_ms``); see :mod:`.aofbackup`.
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ class AofScanner:
 
     :meth:`feed` takes the next bytes and returns how many of the bytes held so far form complete
     elements; the rest (one element cut short) is kept for the next call.  Tracks the command
-    count and the first/last annotation seen.  Anything that is neither a RESP array nor an
+    count (``untimed``: those before this file's first annotation) and the first/last annotation
+    seen (``last_ts`` may be preset to the annotation in effect where the bytes start).  Anything that is neither a RESP array nor an
     annotation raises :class:`IntegrityError` with ``name`` and the file offset.
     """
 
@@ -89,6 +100,7 @@ class AofScanner:
         self.name = name
         self.offset = offset  # file offset of the first byte not yet consumed
         self.commands = 0
+        self.untimed = 0  # commands before the first annotation of these bytes
         self.first_ts: int | None = None  # seconds
         self.last_ts: int | None = None
         self.first_command_ts: int | None = None  # annotation in effect at the first command
@@ -108,8 +120,10 @@ class AofScanner:
                 end = _command_end(buf, pos, self)
                 if end is None:
                     break
-                if self.first_command_ts is None:
+                if not self.commands:
                     self.first_command_ts = self.last_ts
+                if self.first_ts is None:
+                    self.untimed += 1
                 self.commands += 1
                 pos = end
             elif c == 0x23:  # '#'
@@ -173,7 +187,8 @@ def iter_aof(reader: IO[bytes], name: str, ts_at_start_ms: int | None) -> Iterat
     """(time ms, raw command) of every command in stored AOF bytes (see :func:`second_end_ms`).
 
     Commands before the first annotation get ``ts_at_start_ms`` (the annotation in effect where
-    the piece starts).  A piece cut short or malformed is an integrity error naming ``name``.
+    the piece starts: a piece's ``ts_at_start_ms``, which the backup sets to its ``inherited_ts``;
+    None only in pieces written before that, at a chain's start).  A piece cut short or malformed is an integrity error naming ``name``.
     """
     sc = AofScanner(name)
     ts = ts_at_start_ms

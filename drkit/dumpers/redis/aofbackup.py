@@ -15,7 +15,15 @@ chain starts from the current BASE, said in the log and in the new base's metada
 shrank or changed before the position, or bytes that are not AOF, fail the backup naming the file
 and offset, and nothing is committed.
 
-Times: see :mod:`.aof` (1 s resolution).  A base's time is the end of the second in its RDB
+Times: see :mod:`.aof` (1 s resolution).  Each incremental records ``inherited_ts`` (seconds)
+and ``inherited_from`` (the previous piece's id, or ``base``): the annotation in effect where its
+bytes start, which the commands before its first ``#TS`` belong to (an INCR file opened by a rewrite
+in the same second as the last annotation starts without one); ``ts_at_start_ms`` is its end, which
+the replay gives those commands, and ``first_ts_ms`` counts them.  Only when the chain has no
+annotation at all (none shipped, none inherited from an earlier piece) and the server does not
+confirm ``aof-timestamp-enabled yes`` are such commands refused.
+
+A base's time is the end of the second in its RDB
 ``ctime`` aux field (the rewrite child writes it right after the fork; commands between the fork
 and the end of that second are in the next INCR file and are replayed).  An incremental covers
 up to the server ``TIME`` read before the files were measured, when the server reports an empty
@@ -201,6 +209,21 @@ class _ChainState:
         return self.last.metadata.get("ts_at_end_ms") if self.last else None
 
     @property
+    def inherited(self) -> tuple[int, str]:
+        """The annotation (seconds) in effect where the next piece starts, and whose it is.
+
+        Commands at the start of the piece that carry no ``#TS`` of their own were written in that
+        second (see :mod:`.aof`): the last annotation the chain's previous piece shipped (or itself
+        inherited); for the first piece of a chain, the BASE's ``ctime`` second -- the RDB BASE has
+        no annotation, and the commands before the first one in the INCR file opened at the fork
+        ran in the second of the last annotation before the fork, which is at or before ``ctime``.
+        """
+        if self.last is not None and self.ts_ms is not None:
+            return self.ts_ms // 1000, self.last.id
+        ctime = self.base.metadata.get("rdb_ctime")
+        return (int(ctime) if ctime is not None else int(snapshot_time(self.base).timestamp())), "base"
+
+    @property
     def covered_ms(self) -> int:
         return int(self.last.metadata["last_ts_ms"]) if self.last else int(snapshot_time(self.base).timestamp() * 1000)
 
@@ -254,8 +277,8 @@ def aof_incremental(repo: Repository, source: str, opts: RedisOptions) -> Manife
         hold.release()
         facts = server_facts(opts)
         return _commit_base(repo, source, opts, adir, facts, started, chain, broken)
-    ts_start = state.ts_ms // 1000 if state.ts_ms is not None else None
-    reader = Pieces(files, ts_start)
+    inherited, inherited_from = state.inherited
+    reader = Pieces(files, inherited)
     session = repo.session()
     try:
         ref = session.write_stream(STREAM, reader, meta={"format": "aof"})
@@ -263,18 +286,24 @@ def aof_incremental(repo: Repository, source: str, opts: RedisOptions) -> Manife
     finally:
         reader.close()
         session.close()
-    if reader.commands and reader.first_command_ts is None:
+    if reader.untimed and inherited_from == "base" and reader.first_ts is None and stamps != "yes":
+        # No annotation anywhere in the chain, and the server does not say it writes them: the
+        # base's second cannot be trusted for these commands.
         raise ConfigError(f"the AOF of {opts.url} has commands without #TS annotations: set "
                           "aof-timestamp-enabled yes and take a full backup")
     last_file, end_off = reader.end
     ts_end = second_end_ms(reader.ts) if reader.ts is not None else None
+    if reader.untimed:
+        log.info("AOF piece: the first %d commands carry no #TS of their own; they belong to second %d "
+                 "(inherited from %s)", reader.untimed, inherited, inherited_from)
     covered = max(state.covered_ms, t_ms if drained else (reader.ts * 1000 - 1 if reader.ts else 0))
     meta: dict[str, Any] = {
         "method": METHOD, "format": "aof", "chain": chain, "parent": state.base.id,
         "start_offset": state.offset, "end_offset": state.offset + ref.size,
         "first_ts_ms": second_end_ms(reader.first_command_ts) if reader.first_command_ts is not None else None,
         "last_ts_ms": covered, "caught_up_ms": int(snapshot_time(state.base).timestamp() * 1000), "session": 0,
-        "ts_at_start_ms": state.ts_ms, "ts_at_end_ms": ts_end, "commands": reader.commands,
+        "ts_at_start_ms": second_end_ms(inherited), "ts_at_end_ms": ts_end, "commands": reader.commands,
+        "inherited_ts": inherited, "inherited_from": inherited_from, "untimed_commands": reader.untimed,
         "pieces": reader.pieces, "server_time_ms": t_ms, "aof_buffer_drained": drained,
         "aof_position": {"seq": last_file.seq, "file": last_file.name, "offset": end_off, "ino": reader.end_ino,
                          "tail_crc": reader.end_tail_crc},

@@ -39,7 +39,12 @@ class AofDir:
 
 class Pieces(io.RawIOBase):
     """The complete commands of INCR files from a position: each file up to its measured size;
-    every file but the last must end on a whole command."""
+    every file but the last must end on a whole command.
+
+    ``ts_seconds`` is the annotation in effect where the bytes start (inherited from earlier in
+    the chain, see :mod:`.aof`); it carries over from file to file, since a new INCR file need not
+    start with an annotation.  ``untimed`` counts the commands before the first annotation of the
+    shipped bytes (``first_ts``): they belong to ``ts_seconds``."""
 
     def __init__(self, files: list[tuple[AofFile, IO[bytes], int, int]], ts_seconds: int | None) -> None:
         self.files = files
@@ -51,6 +56,8 @@ class Pieces(io.RawIOBase):
         self.pieces: list[dict[str, Any]] = []
         self.ts = ts_seconds  # annotation in effect (seconds)
         self.first_command_ts: int | None = None
+        self.first_ts: int | None = None  # first annotation in the shipped bytes
+        self.untimed = 0
         self.commands = 0
         self.end_ino: int | None = None
         self.end_tail_crc: int | None = None
@@ -82,9 +89,12 @@ class Pieces(io.RawIOBase):
             self.end_ino = os.fstat(self.fh.fileno()).st_ino
             self.fh.seek(max(0, sc.offset - TAIL))
             self.end_tail_crc = zlib.crc32(self.fh.read(min(TAIL, sc.offset))) if sc.offset else None
-        self.commands += sc.commands
-        if self.first_command_ts is None and sc.commands:
+        if not self.commands and sc.commands:
             self.first_command_ts = sc.first_command_ts
+        if self.first_ts is None:
+            self.untimed += sc.untimed
+            self.first_ts = sc.first_ts
+        self.commands += sc.commands
         self.ts = sc.last_ts
         self.fh = None
 
