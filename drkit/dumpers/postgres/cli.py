@@ -32,13 +32,19 @@ def wal_push_cmd(app, source: str, path: Path) -> None:  # noqa: ANN001
 
     Re-pushing an identical file succeeds; a different file under an archived name fails.
     When more files wait in pg_wal/archive_status, up to 8 are archived ahead in parallel and
-    their own archive_command calls then return at once.
+    their own archive_command calls for this repository and source then return at once.
     """
-    from .wal import push_ahead, pushed_ahead, wal_push
+    from .wal import has_marker, peek_destination, push_ahead, pushed_ahead, wal_push
 
-    if pushed_ahead(path):
-        click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
-        return
+    if has_marker(path, source):
+        # Fast path without the key: the repository id comes from its plaintext config object.
+        from drkit.storage import open_storage
+
+        dest = peek_destination(open_storage(app.config.repository.url, app.config.repository.s3, retry=False),
+                                source)
+        if dest is not None and pushed_ahead(path, dest):
+            click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
+            return
     repo, dumper = _setup(app, source)
     status, _meta = wal_push(repo, source, dumper.options, path)
     click.echo(f"{path.name}: {status}", err=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +79,10 @@ def commit_times(opts: PgOptions, path: Path) -> dict[str, Any]:
     }
 
 
+def _to_iso_ts(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _to_iso(text: str) -> str:
     dt = datetime.fromisoformat(text).replace(tzinfo=UTC)
     return dt.isoformat().replace("+00:00", "Z")
@@ -105,6 +113,30 @@ def check_system_id(repo: Repository, source: str, sysid: int) -> None:
         )
 
 
+def read_system_id(repo: Repository, source: str) -> tuple[str, str] | None:
+    """The stored system identifier of ``source`` as (key, identifier), without writing anything.
+
+    ``None`` when no WAL push or backup has bound the source yet.  A stored object that does not
+    authenticate or parse raises :class:`IntegrityError` naming its key (``drkit verify``).
+    """
+    from drkit.errors import IntegrityError
+
+    key = _sysid_key(source)
+    try:
+        sealed = repo.storage.get(key)
+    except NotFoundError:
+        return None
+    try:
+        doc = json.loads(repo.keys.open(sealed, object_aad("sysid", key), what=key))
+        stored = doc["system_identifier"]
+        int(stored)
+    except IntegrityError:
+        raise
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{key}: not a system identifier record", key=key) from None
+    return key, str(stored)
+
+
 def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tuple[str, dict[str, Any]]:
     name = path.name
     if not is_valid_wal_name(name):
@@ -118,6 +150,10 @@ def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tupl
         meta.update(header)
         meta["system_identifier"] = str(header["system_identifier"])
         meta.update(commit_times(opts, path))
+        if SEGMENT_RE.match(name):
+            # A complete segment's last write: every commit before it is in this or an earlier
+            # segment, so the chain's newest safe time reaches it even on an idle database.
+            meta["closed_at"] = _to_iso_ts(path.stat().st_mtime)
         parsed = parse_segment(name[:24], header["segment_size"])
         if parsed:
             meta["segno"] = parsed[1]
@@ -140,11 +176,83 @@ def wal_push(repo: Repository, source: str, opts: PgOptions, path: Path) -> tupl
 
 PUSH_AHEAD = 8
 ARCHIVED_DIR = "drkit-archived"
+STALE_MARKER_SECONDS = 24 * 3600
+_REPO_ID_RE = re.compile(r"[0-9a-f]{8,64}")
+_SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-def _marker_dir(path: Path) -> Path | None:
+@dataclass(frozen=True)
+class Destination:
+    """Where one wal-push archives to: a repository (its id and storage URL) and a source.
+
+    Push-ahead markers are kept per destination, so a marker answers only the archive_command
+    call of the destination that wrote it (``A && B`` archive commands: see docs/user-guide.md).
+    The URL is part of it because a copied repository keeps its id.
+    """
+
+    repository_id: str
+    source: str
+    url: str
+
+    @property
+    def url_tag(self) -> str:
+        import blake3
+
+        return blake3.blake3(self.url.encode()).hexdigest()[:16]
+
+    def record(self, digest: str) -> str:
+        """A marker's content: the file's BLAKE3 and the destination it was archived to."""
+        return json.dumps({"blake3": digest, "repository": self.repository_id,
+                           "source": self.source, "url": self.url_tag}, sort_keys=True)
+
+
+def destination_of(repo: Repository, source: str) -> Destination:
+    return Destination(repo.id, source, repo.storage.url)
+
+
+def peek_destination(storage: Any, source: str) -> Destination | None:
+    """The destination read from the repository's plaintext ``config`` object, without the key.
+
+    Cheap enough for archive_command's fast path (one small GET).  ``None`` when it cannot be
+    read or does not look like a drkit config: the caller then opens the repository properly,
+    which reports any real problem.  The id is not authenticated here; a marker only exists
+    for an id a full open (config MAC checked) wrote, so a forged id can only miss markers.
+    """
+    from drkit.repository.format import CONFIG_KEY
+
+    try:
+        config = json.loads(storage.get(CONFIG_KEY))["config"]
+        repo_id = config["id"]
+    except Exception as exc:  # noqa: BLE001 - no fast path; the full open names the problem
+        log.debug("reading the repository id for the push-ahead fast path failed: %s", exc)
+        return None
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id):
+        return None
+    return Destination(repo_id, source, storage.url)
+
+
+def _marker_dir(path: Path, dest: Destination | None = None) -> Path | None:
+    """``<data dir>/drkit-archived`` (``dest`` None) or that destination's marker directory in it."""
     parent = path.absolute().parent
-    return parent.parent / ARCHIVED_DIR if parent.name == "pg_wal" else None
+    if parent.name != "pg_wal":
+        return None
+    root = parent.parent / ARCHIVED_DIR
+    return root if dest is None else root / _dirname(dest.repository_id) / _dirname(dest.source)
+
+
+def _dirname(text: str) -> str:
+    """``text`` as one safe directory name ("main" stays "main"; "." or "a/b" cannot escape)."""
+    return "".join(c if c in _SAFE_CHARS else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def has_marker(path: Path, source: str) -> bool:
+    """Whether a push-ahead marker of some repository for ``source`` exists for this file.
+
+    A local check only: when it is false, archive_command's call skips the fast path without
+    touching the repository's storage.
+    """
+    root = _marker_dir(path)
+    return root is not None and any(root.glob(f"*/{glob.escape(_dirname(source))}/{glob.escape(path.name)}"))
 
 
 def _file_digest(path: Path) -> str:
@@ -157,52 +265,140 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def pushed_ahead(path: Path) -> bool:
-    """True when an earlier wal-push already archived exactly this file (push-ahead marker).
+def pushed_ahead(path: Path, dest: Destination) -> bool:
+    """True when an earlier wal-push already archived exactly this file to ``dest``.
 
-    The marker lives in the data directory (``drkit-archived/<name>``), holds the file's BLAKE3,
-    and is consumed here, so the call PostgreSQL makes for that file returns at once without
-    opening the repository.
+    The marker (``drkit-archived/<repository id>/<source>/<name>``) names the file's BLAKE3
+    and the destination; it is consumed here, so the call PostgreSQL makes for that file
+    returns at once without opening the repository.  Another destination's marker never
+    answers.  A marker for this destination that does not match the file (or cannot be read)
+    is removed and the file is pushed normally; one whose content names another destination
+    (a copy of the repository at another URL keeps its id) is left to it, or to the sweep.
     """
-    markers = _marker_dir(path)
+    markers = _marker_dir(path, dest)
     if markers is None:
         return False
     marker = markers / path.name
     try:
-        expected = marker.read_text().strip()
+        stored = marker.read_text()
     except OSError:
         return False
-    if expected != _file_digest(path):
+    try:
+        doc = json.loads(stored)
+        digest = doc["blake3"]
+        if not isinstance(digest, str):
+            raise TypeError(digest)
+    except (ValueError, KeyError, TypeError):
         marker.unlink(missing_ok=True)
         return False
+    if dest.record(digest) != stored:
+        return False
     marker.unlink(missing_ok=True)
-    return True
+    # Leave no empty directories behind (a concurrent push-ahead that loses its directory here
+    # only skips that marker: the file is then pushed by its own call).
+    for empty in (markers, markers.parent):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
+    return digest == _file_digest(path)
+
+
+def write_marker(path: Path, dest: Destination, digest: str) -> None:
+    """Record that ``path`` (with BLAKE3 ``digest``) is archived to ``dest``: tmp + rename.
+
+    Call only once the file's log record is committed in the repository.
+    """
+    markers = _marker_dir(path, dest)
+    if markers is None:
+        return
+    markers.mkdir(parents=True, exist_ok=True)
+    tmp = markers / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_text(dest.record(digest))
+    os.replace(tmp, markers / path.name)
+
+
+def sweep_markers(path: Path, keep: Destination | None = None, max_age: float = STALE_MARKER_SECONDS) -> int:
+    """Remove markers that can no longer answer a call; return how many were removed.
+
+    That is: markers of the old layout (``drkit-archived/<name>``, which named no destination),
+    markers whose WAL file is gone from pg_wal (its archive_command call has passed), and markers
+    (or leftover temporary files) older than ``max_age`` — left by a destination that is no
+    longer in archive_command.  Removing a marker is always safe: that destination's own call
+    then pushes the file again, which is idempotent.  Empty directories of other destinations
+    are removed once old.
+    """
+    root = _marker_dir(path)
+    if root is None or not root.is_dir():
+        return 0
+    wal_dir = path.absolute().parent
+    own = _marker_dir(path, keep) if keep is not None else None
+    now = time.time()
+    removed = 0
+
+    def old(p: Path) -> bool:
+        try:
+            return now - p.lstat().st_mtime > max_age
+        except OSError:
+            return False
+
+    def drop(p: Path) -> None:
+        nonlocal removed
+        try:
+            p.unlink()
+            removed += 1
+        except OSError:
+            pass
+
+    for top in list(root.iterdir()):
+        if not top.is_dir() or top.is_symlink():
+            drop(top)  # old layout, or something that is not ours to keep
+            continue
+        for sub in list(top.iterdir()):
+            if not sub.is_dir() or sub.is_symlink():
+                drop(sub)
+                continue
+            for marker in list(sub.iterdir()):
+                if marker.name.startswith("."):
+                    if old(marker):
+                        drop(marker)
+                elif old(marker) or not (wal_dir / marker.name).exists():
+                    drop(marker)
+            if sub != own and old(sub):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+        if own is None or top != own.parent:
+            with contextlib.suppress(OSError):
+                if old(top):
+                    top.rmdir()
+    return removed
 
 
 def push_ahead(repo: Repository, source: str, opts: PgOptions, path: Path, count: int = PUSH_AHEAD) -> list[str]:
     """Archive up to ``count`` more WAL files PostgreSQL has marked ``.ready``, in parallel,
-    leaving a marker for each so its own archive_command call returns immediately.
+    leaving a marker for each (for this repository and source only) so its own archive_command
+    call for this destination returns immediately.
 
     Best effort: a failure here only means PostgreSQL's own call for that file does the work.
     """
-    markers = _marker_dir(path)
+    dest = destination_of(repo, source)
+    markers = _marker_dir(path, dest)
     status_dir = path.absolute().parent / "archive_status"
     if markers is None or not status_dir.is_dir() or count <= 0:
         return []
+    try:
+        sweep_markers(path, keep=dest)
+    except OSError as exc:
+        log.info("sweeping stale push-ahead markers failed: %s", exc)
     ready = sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
     todo = [n for n in ready if n != path.name and is_valid_wal_name(n) and not (markers / n).exists()][:count]
     if not todo:
         return []
-    markers.mkdir(exist_ok=True)
 
     def one(name: str) -> str | None:
         file = path.absolute().parent / name
         try:
             digest = _file_digest(file)
-            wal_push(repo, source, opts, file)
-            tmp = markers / f".{name}.tmp"
-            tmp.write_text(digest)
-            os.replace(tmp, markers / name)
+            wal_push(repo, source, opts, file)  # returns once the log record is committed
+            write_marker(file, dest, digest)
             return name
         except Exception as exc:  # noqa: BLE001 - best effort, see docstring
             log.info("push-ahead of %s skipped: %s", name, exc)
