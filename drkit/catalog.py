@@ -18,6 +18,7 @@ these, so they cannot disagree about what is restorable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,60 @@ from drkit.repository import format as fmt
 from drkit.repository.manifest import iso
 
 GAP_GRACE = timedelta(minutes=10)
+
+
+class LogList(Sequence[str]):
+    """The log record names a restore point needs: ``head`` (a few names) followed by
+    ``base[start:stop]``.  Restore points of one chain share ``base``, so thousands of points
+    over tens of thousands of records cost O(records + points), not their product; ``index``
+    (name -> position in ``base``) makes membership O(1)."""
+
+    __slots__ = ("head", "base", "start", "stop", "index")
+
+    def __init__(self, head: Sequence[str] = (), base: Sequence[str] = (), start: int = 0,
+                 stop: int | None = None, index: dict[str, int] | None = None) -> None:
+        self.head = tuple(head)
+        self.base = base
+        self.start = start
+        self.stop = len(base) if stop is None else stop
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.head) + max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        h = len(self.head)
+        return self.head[i] if i < h else self.base[self.start + i - h]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.head
+        for k in range(self.start, self.stop):
+            yield self.base[k]
+
+    def __contains__(self, name: object) -> bool:
+        if name in self.head:
+            return True
+        if self.index is not None:
+            k = self.index.get(name)  # type: ignore[call-overload]
+            return k is not None and self.start <= k < self.stop
+        return any(self.base[k] == name for k in range(self.start, self.stop))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, LogList)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LogList({list(self)!r})" if len(self) <= 6 else f"LogList({self[0]!r} .. {self[-1]!r}, {len(self)})"
 
 
 @dataclass(frozen=True)
@@ -71,7 +126,7 @@ class RestorePoint:
     end: datetime
     backup: str
     manifests: list[str]  # ids of every manifest a restore to ``end`` needs
-    logs: list[str] = field(default_factory=list)  # names of every log record it needs, in order
+    logs: Sequence[str] = field(default_factory=list)  # every log record it needs, in order
     window: bool = True  # False: restorable only by naming the backup (e.g. a logical dump), not by time
 
     def contains(self, t: datetime) -> bool:
