@@ -32,6 +32,14 @@ from drkit.repository.manifest import iso
 GAP_GRACE = timedelta(minutes=10)
 
 
+def checked_index(i: int, n: int) -> int:
+    """``i`` (negative counts from the end) as an index into a sequence of ``n``, or IndexError."""
+    k = i + n if i < 0 else i
+    if not 0 <= k < n:
+        raise IndexError(i)
+    return k
+
+
 class LogList(Sequence[str]):
     """The log record names a restore point needs: ``head`` (a few names) followed by
     ``base[start:stop]``.  Restore points of one chain share ``base``, so thousands of points
@@ -54,11 +62,7 @@ class LogList(Sequence[str]):
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
+        i = checked_index(i, len(self))
         h = len(self.head)
         return self.head[i] if i < h else self.base[self.start + i - h]
 

@@ -197,3 +197,14 @@ def test_a_later_base_past_the_hole_leaves_nothing_unreachable():
     assert pts.intervals() == [(at(10), at(12)), (at(25), at(27))]
     assert [g.missing for g in pts.gaps] == [segment_name(1, 5)]
     assert pts.blocking_latest() == []  # segment 8 is reached from b2; 6 lies before b2's start
+
+
+def test_log_list_views_behave_as_lists():
+    from drkit.catalog import LogList
+
+    view = LogList(["h"], ["a", "b", "c"], 1, 3, {"a": 0, "b": 1, "c": 2})
+    assert list(view) == ["h", "b", "c"] == view and len(view) == 3
+    assert view[0] == "h" and view[-1] == "c" and view[1:] == ["b", "c"]
+    assert "b" in view and "h" in view and "a" not in view
+    with pytest.raises(IndexError):
+        view[3]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from drkit.catalog import Catalog, Gap, LogList, RestorePoint, RestorePoints, classify
+from drkit.catalog import Catalog, Gap, LogList, RestorePoint, RestorePoints, checked_index, classify
 from drkit.errors import OutsideWindow
 from drkit.repository import LogRecord, Manifest
 from drkit.repository.manifest import parse_iso
@@ -112,12 +112,7 @@ class _SegView(Sequence[SegmentInfo]):
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
-        return self.run.segs[self.start + i]
+        return self.run.segs[self.start + checked_index(i, len(self))]
 
     def __iter__(self) -> Iterator[SegmentInfo]:
         segs = self.run.segs
