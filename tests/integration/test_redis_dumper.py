@@ -245,7 +245,7 @@ def test_point_in_time_after_expiry_drops_keys_and_outside_window_refused(renv: 
     assert bad.returncode == 8 and "outside the recoverable window" in bad.stderr
     assert not target.exists()
     # Exactly at the snapshot: 'soon' is restored with the TTL it had left then.
-    r = json.loads(renv.drkit("restore", "cache", "--point-in-time", points[0], "--target-dir",
+    r = json.loads(renv.drkit("restore", "cache", "--point-in-time", points[0]["start"], "--target-dir",
                               str(renv.root / "at"), "--start", "--json").stdout)
     renv.started_pids.append(r["pid"])
     assert r["keys"] == 2 and r["keys_expired_by_then"] == 0
