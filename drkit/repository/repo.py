@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import IO, Any
@@ -412,6 +413,15 @@ class Repository:
         if rec is None:
             raise NotFoundError(f"log segment {fmt.log_key(source, name)} disappeared")
         return rec
+
+    def delete_log_records(self, source: str, names: Iterable[str]) -> list[str]:
+        """Remove log records (``forget`` alone calls this, holding the prune lease).  Returns the
+        keys that could not be deleted.  The data they reference stays until ``prune``."""
+        return self.storage.delete_many([fmt.log_key(source, n) for n in names])
+
+    def delete_manifests(self, source: str, backup_ids: Iterable[str]) -> list[str]:
+        """Remove backup manifests (``forget`` alone calls this, holding the prune lease)."""
+        return self.storage.delete_many([fmt.manifest_key(source, b) for b in backup_ids])
 
     def list_sources(self) -> list[str]:
         found = set()
