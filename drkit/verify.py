@@ -401,7 +401,12 @@ def _verify_packs(repo: Repository, report: VerifyReport, pack_index: dict[str, 
             continue
         in_header = set(blobs)
         named = pack_index.get(pack_id, {})
-        if not named:
+        if not named and by_pack.get(pack_id):
+            report.problem("index", key, "named by no index file although committed backups or log records use it: "
+                           "an index object is missing or damaged (dedup and prune lose track of the pack until "
+                           "an index names it again)", [], "none: restores read pack locations from the manifests "
+                           "and log records")
+        elif not named:
             report.warnings.append({"object": key, "kind": "pack", "warning": "named by no index file (left by an "
                                     "interrupted write, or its index file is damaged)"})
         wrong = sorted(e for e in named if e not in in_header)

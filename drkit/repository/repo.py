@@ -22,6 +22,7 @@ from drkit.errors import (
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
     UnsupportedFormat,
     WrongKey,
 )
@@ -73,6 +74,9 @@ class Repository:
 
         if storage.stat(fmt.CONFIG_KEY) is not None:
             raise RepositoryExists(f"a repository already exists at {storage.url}")
+        lost = cls._no_config(storage)
+        if not isinstance(lost, RepositoryNotFound):
+            raise RepositoryExists(str(lost))
         master = master or os.urandom(32)
         keys = Keys.from_master(master)
         config = {
@@ -103,9 +107,7 @@ class Repository:
         try:
             raw = storage.get(fmt.CONFIG_KEY)
         except NotFoundError:
-            raise RepositoryNotFound(
-                f"no drkit repository at {storage.url} (create one with 'drkit init')"
-            ) from None
+            raise cls._no_config(storage) from None
         try:
             doc = json.loads(raw)
             config = doc["config"]
@@ -126,6 +128,25 @@ class Repository:
         repo = cls(storage, keys, config, key_id)
         repo._master = master
         return repo
+
+    @staticmethod
+    def _no_config(storage: Storage) -> RepositoryError:
+        """No ``config``: a place with no repository, or a repository that lost its config object.
+        The second must never be mistaken for the first (``init`` over it would orphan every
+        backup), so a few other objects of the format are looked for."""
+        for prefix in (fmt.KEYS_PREFIX, fmt.MANIFEST_PREFIX, fmt.DATA_PREFIX, fmt.LOG_PREFIX):
+            try:
+                found = next(iter(storage.list(prefix)), None)
+            except StorageError:  # e.g. a local repository directory that does not exist yet
+                break
+            if found is not None:
+                return RepositoryError(
+                    f"the repository at {storage.url} has lost its config object (key 'config'), but it holds "
+                    f"other repository objects (e.g. {found.key}): it is damaged, not absent. Do not run "
+                    "'drkit init' over it; put back a copy of 'config' (it is plaintext, the same in every copy "
+                    "or replica of this repository) and run 'drkit verify'"
+                )
+        return RepositoryNotFound(f"no drkit repository at {storage.url} (create one with 'drkit init')")
 
     @staticmethod
     def _unwrap_any(storage: Storage, wrapper: Wrapper, repo_id: str) -> tuple[bytes, str]:

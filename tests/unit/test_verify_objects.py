@@ -96,14 +96,23 @@ def test_each_damaged_object_kind_is_reported(storage, kind, how):  # noqa: F811
     key = keys[kind]
     damage(storage, key, how)
     report = run(repo)
-    if how == "delete" and kind in ("source-object", "lease", "manifest", "log"):
-        # Absent is a state these may be in (not bound yet, no job running, forgotten).
+    if how == "delete" and kind in ("lease", "manifest", "log"):
+        # Absent is a state these may be in (no job running, forgotten).
         assert problems_of(report, kind) == []
         return
     if how == "delete" and kind == "index":
-        # An index is redundant with the packs' headers: its packs show as unindexed.
-        assert report.problems == []
-        assert [w["object"] for w in report.warnings] == [keys["pack"]]
+        # The deleted file's name is gone with it: the pack a backup uses that no index names is
+        # the problem (no restore needs the index; dedup and prune do).
+        [p] = report.problems
+        assert (p["kind"], p["object"], p["affects"]) == ("index", keys["pack"], [])
+        assert "named by no index file" in p["error"] and p["error"].endswith(
+            "affects: none: restores read pack locations from the manifests and log records")
+        return
+    if how == "delete" and kind == "source-object":
+        # Not bound yet is a state it may be in -- but not while the source has backups.
+        [p] = problems_of(report, kind)
+        assert p["object"] == key and p["error"].startswith("missing, although source 'db' has backups")
+        assert p["affects"] == [] and p["error"].endswith("affects future backups and WAL archiving only")
         return
     found = problems_of(report, kind)
     assert found, f"{how} of {key} not reported: {report.problems}"
@@ -204,6 +213,29 @@ def test_unknown_sources_object_is_a_warning(storage):  # noqa: F811
     assert "unknown object" in report.warnings[0]["warning"] and "warning: sources/gone" in report.text()
     # Without the source's dumper, its own object is unknown too.
     assert {w["object"] for w in verify(repo).warnings} == {"sources/gone/some-state", SYSID}
+
+
+def test_unbound_source_object_absent_before_any_backup_is_no_problem(storage):  # noqa: F811
+    repo = Repository.init(storage, wrapper())
+    backup(repo, "other", {"x": b"y" * 1000})
+    assert problems_of(verify(repo, dumpers={"db": PgSource("db")}, wrapper=wrapper()), "source-object") == []
+
+
+def test_repository_that_lost_its_config_is_damaged_not_absent(storage):  # noqa: F811
+    from drkit.errors import RepositoryError, RepositoryExists, RepositoryNotFound
+
+    with pytest.raises(RepositoryNotFound, match="drkit init"):
+        Repository.open(storage, wrapper())
+    repo, keys = populated(storage)
+    storage.delete("config")
+    with pytest.raises(RepositoryError) as exc:
+        Repository.open(storage, wrapper())
+    assert not isinstance(exc.value, RepositoryNotFound) and exc.value.exit_code == 3
+    assert "lost its config object" in str(exc.value) and "Do not run 'drkit init'" in str(exc.value)
+    before = sorted(i.key for i in storage.list(""))
+    with pytest.raises(RepositoryExists, match="lost its config object"):
+        Repository.init(storage, wrapper())
+    assert sorted(i.key for i in storage.list("")) == before  # init wrote nothing
 
 
 def test_configuration_error_is_not_an_integrity_failure(tmp_path):

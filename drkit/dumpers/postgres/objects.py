@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from drkit.errors import IntegrityError
 from drkit.repository import Repository
+from drkit.repository import format as fmt
 
 from .wal import _sysid_key, read_system_id
 
@@ -25,5 +26,12 @@ def source_objects(repo: Repository, source: str) -> list[tuple[str, str | None,
                  "it is restored from a copy (or, if you are sure which cluster the source belongs to, deleted: "
                  "the next push binds it again)", SYSID_AFFECTS)]
     if found is None:
-        return []
+        key = _sysid_key(source)
+        used = next(iter(repo.storage.list(fmt.manifest_key(source, ""))), None) or \
+            next(iter(repo.storage.list(fmt.log_key(source, ""))), None)
+        if used is None:
+            return []  # nothing bound the source yet
+        return [(key, f"missing, although source {source!r} has backups or archived WAL (e.g. {used.key}): "
+                 "nothing now stops another cluster from archiving into this source name; the next backup or "
+                 "wal-push of the right cluster binds it again", SYSID_AFFECTS)]
     return [(found[0], None, SYSID_AFFECTS)]
