@@ -659,11 +659,11 @@ def _started_restore(config_path: Path, r: Restore, target: Path,
 def pristine_count(pristine: Pristine, r: Restore) -> int:
     """Rows the pristine repository gives for ``r`` (one real start, cached)."""
     if r.label not in pristine.counts:
-        work = pristine.root / "pristine-starts"
+        work = pristine.root / "ps"  # short: the server's socket lives in the target (107-byte limit)
         work.mkdir(exist_ok=True)
         cfg = work / "drkit.yaml"
         _trial_config(pristine, pristine.repo_dir, cfg)
-        target = work / r.label
+        target = work / f"p{len(pristine.counts)}"
         target.mkdir()
         _, proc, count = _started_restore(cfg, r, target, pristine.env)
         shutil.rmtree(target, ignore_errors=True)
@@ -674,7 +674,7 @@ def pristine_count(pristine: Pristine, r: Restore) -> int:
 
 def _real_start(pristine: Pristine, r: Restore, m: Mutation, t: TrialResult, work: Path, config_path: Path) -> None:
     want = pristine_count(pristine, r)
-    target = work / "started" / r.label
+    target = work / "st"  # short: the server's socket lives in the target (107-byte limit)
     target.mkdir(parents=True)
     cmd, proc, count = _started_restore(config_path, r, target, pristine.env)
     t.started += 1
