@@ -7,16 +7,14 @@ import fcntl
 import io
 import logging
 import re
-import socket
 import subprocess
 import threading
 from collections import deque
 from typing import Any
 
-from drkit import __version__
 from drkit.errors import SourceError
 from drkit.repository import Manifest, Repository
-from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.repository.manifest import iso, utcnow
 from drkit.repository.writer import WriteSession
 
 from .options import PgOptions
@@ -60,8 +58,8 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         if refusal:
             log.warning(f"source {source}: {refusal}; backing up through pg_basebackup instead")
         local = refusal is None
-    session = repo.session()
-    try:
+    with repo.begin_backup(source, "postgres", "full", started=started) as txn:
+        session = txn.session  # streams written through it are the backup's
         base = _local_base(session, opts, facts, label, source) if local else None
         if base is None:
             base = _pg_basebackup(session, opts, label, source)
@@ -69,13 +67,8 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         stop_time = server_now(opts)
         seg = facts["segment_size"]
         config_refs, config_warnings = _config_outside(repo, session, opts, facts)
-        stored = session.finish()
-    finally:
-        session.close()
-    manifest = Manifest(
-        id=new_backup_id(started), source=source, datastore="postgres", type="full",
-        started=iso(started), finished=iso(utcnow()), streams=[ref, *config_refs],
-        metadata={
+        archiving = facts["archive_mode"] in ("on", "always")
+        return txn.commit(metadata={
             "method": method,
             "start_lsn": start_lsn,
             "stop_lsn": stop_lsn,
@@ -89,16 +82,12 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
             "segment_size": seg,
             "from_standby": facts["in_recovery"],
             "wal_included": True,
-            "archiving": facts["archive_mode"] in ("on", "always"),
+            "archiving": archiving,
             "config_outside_data_dir": [r.name for r in config_refs],
             "warnings": config_warnings,
             "chunks_new": session.chunks_new,
             "chunks_reused": session.chunks_reused,
-        },
-        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
-    )
-    repo.commit_manifest(manifest)
-    return manifest
+        }, provides=["backup", "range"] if archiving else ["backup"])
 
 
 def _local_base(session: WriteSession, opts: PgOptions, facts: dict[str, Any], label: str, source: str):  # noqa: ANN202

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 from collections import deque
 from pathlib import Path
 
-from drkit import __version__
 from drkit.errors import DrkitError, SourceError
 from drkit.repository import Manifest, Repository
-from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.repository.manifest import iso, utcnow
 
 from .options import PgOptions
 from .server import databases, server_facts
@@ -21,9 +19,7 @@ def logical_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
     facts = server_facts(opts)
     dbs = list(opts.databases) or databases(opts)
     started = utcnow()
-    session = repo.session()
-    refs = []
-    try:
+    with repo.begin_backup(source, "postgres", "logical", started=started) as txn:
         for db in dbs:
             cmd = [
                 opts.tool("pg_dump"), "-Fc", "-Z0", f"--dbname={_with_db(opts.dsn, db)}",
@@ -32,29 +28,18 @@ def logical_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=opts.env())
             t = threading.Thread(target=_drain, args=(proc, tail), daemon=True)
             t.start()
-            ref = session.write_stream(f"{db}.dump", proc.stdout, meta={"database": db, "format": "pg_dump custom"})
+            txn.write_stream(f"{db}.dump", proc.stdout, meta={"database": db, "format": "pg_dump custom"})
             rc = proc.wait()
             t.join(5)
             if rc != 0:
                 raise SourceError(f"pg_dump of database {db} failed (exit {rc}): {''.join(tail).strip()}")
-            refs.append(ref)
-        stored = session.finish()
-    finally:
-        session.close()
-    manifest = Manifest(
-        id=new_backup_id(started), source=source, datastore="postgres", type="logical",
-        started=iso(started), finished=iso(utcnow()), streams=refs,
-        metadata={
+        return txn.commit(metadata={
             "method": "pg_dump",
             "databases": dbs,
             "server_version": facts["server_version"],
             "system_identifier": facts["system_identifier"],
             "snapshot_time": iso(started),
-        },
-        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
-    )
-    repo.commit_manifest(manifest)
-    return manifest
+        })
 
 
 def _drain(proc: subprocess.Popen, tail: deque[str]) -> None:

@@ -36,17 +36,16 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from drkit import __version__
 from drkit.errors import ConfigError, IntegrityError, SourceError
 from drkit.repository import Manifest, Repository
-from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.repository.manifest import StreamRef, iso, utcnow
+from drkit.repository.transaction import BackupTransaction
 
 from .aof import AofFile, second_end_ms
 from .aoffiles import AofDir, Hold, Pieces, resume
@@ -279,13 +278,21 @@ def aof_incremental(repo: Repository, source: str, opts: RedisOptions) -> Manife
         return _commit_base(repo, source, opts, adir, facts, started, chain, broken)
     inherited, inherited_from = state.inherited
     reader = Pieces(files, inherited)
-    session = repo.session()
-    try:
-        ref = session.write_stream(STREAM, reader, meta={"format": "aof"})
-        stored = session.finish()
-    finally:
-        reader.close()
-        session.close()
+    with repo.begin_backup(source, "redis", "incremental", parent=state.base.id, started=started) as txn:
+        try:
+            ref = txn.write_stream(STREAM, reader, meta={"format": "aof"})
+        finally:
+            reader.close()
+        manifest = _commit_incremental(txn, state, reader, ref, inherited, inherited_from, stamps, t_ms,
+                                       drained, opts)
+    hold.keep(manifest.metadata["aof_position"]["file"], reader.end_ino)
+    return manifest
+
+
+def _commit_incremental(txn: BackupTransaction, state: _ChainState, reader: Pieces, ref: StreamRef,
+                        inherited: int, inherited_from: str, stamps: str | None, t_ms: int, drained: bool,
+                        opts: RedisOptions) -> Manifest:
+    chain = state.base.metadata["chain"]
     if reader.untimed and inherited_from == "base" and reader.first_ts is None and stamps != "yes":
         # No annotation anywhere in the chain, and the server does not say it writes them: the
         # base's second cannot be trusted for these commands.
@@ -308,11 +315,4 @@ def aof_incremental(repo: Repository, source: str, opts: RedisOptions) -> Manife
         "aof_position": {"seq": last_file.seq, "file": last_file.name, "offset": end_off, "ino": reader.end_ino,
                          "tail_crc": reader.end_tail_crc},
     }
-    manifest = Manifest(
-        id=new_backup_id(started), source=source, datastore="redis", type="incremental",
-        started=iso(started), finished=iso(utcnow()), streams=[ref], metadata=meta,
-        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
-    )
-    repo.commit_manifest(manifest)
-    hold.keep(last_file.name, reader.end_ino)
-    return manifest
+    return txn.commit(metadata=meta, provides=["range"])

@@ -11,7 +11,6 @@ becomes visible.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,10 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drkit import __version__
 from drkit.errors import SourceError
 from drkit.repository import Manifest, Repository
-from drkit.repository.manifest import iso, new_backup_id, utcnow
+from drkit.repository.manifest import iso, utcnow
 
 from .options import RedisOptions
 from .rdb import ValidatingReader
@@ -108,28 +106,17 @@ def commit_snapshot(repo: Repository, source: str, reader: Any, meta: dict[str, 
                     facts: dict[str, Any], started: datetime) -> Manifest:
     """Stream one RDB snapshot through the validator into the repository and commit its manifest."""
     validator = ValidatingReader(reader, expected_size=meta.get("size"))
-    session = repo.session()
-    try:
-        ref = session.write_stream(STREAM, validator, meta={"format": "rdb"})
-        stored = session.finish()
-    finally:
-        session.close()
-    ref.meta["rdb_version"] = validator.version
-    manifest = Manifest(
-        id=new_backup_id(started), source=source, datastore="redis", type="full",
-        started=iso(started), finished=iso(utcnow()), streams=[ref],
-        metadata={
+    with repo.begin_backup(source, "redis", "full", started=started) as txn:
+        ref = txn.write_stream(STREAM, validator, meta={"format": "rdb"})
+        ref.meta["rdb_version"] = validator.version
+        return txn.commit(metadata={
             **meta,
             "snapshot_time": iso(snapshot_time),
             "redis_version": facts["redis_version"], "run_id": facts["run_id"], "role": facts["role"],
             "rdb_version": validator.version, "rdb_checksummed": validator.checksummed,
             "rdb_crc64": f"{validator.crc:016x}",
-            "chunks_new": session.chunks_new, "chunks_reused": session.chunks_reused,
-        },
-        host=socket.gethostname(), drkit_version=__version__, stored_bytes=stored,
-    )
-    repo.commit_manifest(manifest)
-    return manifest
+            "chunks_new": txn.session.chunks_new, "chunks_reused": txn.session.chunks_reused,
+        }, provides=["backup", "range"] if meta.get("chain") else ["backup"])
 
 
 def _psync(opts: RedisOptions) -> tuple[Any, dict[str, Any], datetime, Any]:
