@@ -1,12 +1,16 @@
 """How long `drkit list` takes on a large catalog: 1,000 backups and 50,000 WAL records of one
 PostgreSQL source, written directly into a repository (no server needed).
 
-    /opt/drkit/venv/bin/python bench/catalog_list.py --backups 1000 --logs 50000 --runs 3 [--s3]
+    /opt/drkit/venv/bin/python bench/catalog_list.py --backups 1000 --logs 50000 --runs 3 [--s3] [--seal]
 
 Prints wall time and peak RSS of `drkit list main --json` (a fresh CLI process per run: start-up,
 key unwrap and all), medians of --runs.  With --s3 the repository is on a moto server started by
 the sandbox.  The objects are sealed exactly as drkit writes them; the chunk lists point at packs
 that do not exist (listing reads no data).
+
+With --seal the same repository is then sealed into log catalog objects (one per UTC day of
+``pushed``, written directly from the records just generated, as issue 10 allows, the single
+records deleted as forget/prune would) and `list` is measured again: "before" and "after".
 """
 
 from __future__ import annotations
@@ -74,6 +78,15 @@ def populate(config_path: Path, backups: int, logs: int, chunks_per_backup: int)
         list(pool.map(put_backup, range(backups)))
 
 
+def seal_directly(config_path: Path) -> dict:
+    """Write the catalog objects straight from the single records (one GET each, in parallel),
+    then delete the singles -- what ``seal_log_catalog(..., delete_replaced=True)`` does."""
+    repo = open_repository(load_config(config_path))
+    t = time.monotonic()
+    res = repo.seal_log_catalog("main", before=datetime(2100, 1, 1, tzinfo=UTC), delete_replaced=True)
+    return {"catalog_objects": len(res.written), "sealed": res.sealed, "seal_s": round(time.monotonic() - t, 1)}
+
+
 def time_list(config_path: Path, runs: int) -> dict:
     walls, rss = [], []
     for _ in range(runs):
@@ -98,6 +111,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--s3", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--seal", action="store_true", help="then seal into log catalog objects and measure again")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="drkit-bench-catalog-", dir="/var/tmp"))
     server = None
@@ -125,6 +139,8 @@ def main() -> None:
               file=sys.stderr)
         result = {"backups": args.backups, "logs": args.logs, "storage": "s3 (moto)" if args.s3 else "local",
                   **time_list(cfg, args.runs)}
+        if args.seal:
+            result = {"before": result, "seal": seal_directly(cfg), "after": time_list(cfg, args.runs)}
         print(json.dumps(result))
     finally:
         if server is not None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import zstandard
 
@@ -26,7 +26,7 @@ from drkit.errors import (
     UnsupportedFormat,
     WrongKey,
 )
-from drkit.repository import crashpoints
+from drkit.repository import crashpoints, logcat
 from drkit.repository import format as fmt
 from drkit.repository.crypto import Keys, random_hex
 from drkit.repository.index import Index, decode_index
@@ -42,6 +42,9 @@ from drkit.repository.manifest import LogRecord, Manifest, StreamRef, iso, utcno
 from drkit.repository.memory import tune_malloc
 from drkit.repository.writer import WriteSession, cpu_workers
 from drkit.storage.base import Storage
+
+if TYPE_CHECKING:
+    from drkit.repository.transaction import BackupTransaction
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +71,17 @@ class Repository:
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
-    def init(cls, storage: Storage, wrapper: Wrapper, master: bytes | None = None) -> Repository:
-        """Create a repository: a random master key, wrapped by ``wrapper``; then the config."""
+    def init(cls, storage: Storage, wrapper: Wrapper, master: bytes | None = None, *,
+             version: int = fmt.FORMAT_VERSION) -> Repository:
+        """Create a repository: a random master key, wrapped by ``wrapper``; then the config.
+
+        ``version`` is the format version (default: the newest; 1 only for tests of old
+        repositories)."""
         import os
 
+        if version not in fmt.SUPPORTED_VERSIONS:
+            raise ConfigError(f"format version {version} is not one this drkit writes "
+                              f"({', '.join(map(str, fmt.SUPPORTED_VERSIONS))})")
         if storage.stat(fmt.CONFIG_KEY) is not None:
             raise RepositoryExists(f"a repository already exists at {storage.url}")
         lost = cls._no_config(storage)
@@ -81,7 +91,7 @@ class Repository:
         keys = Keys.from_master(master)
         config = {
             "format": fmt.FORMAT_NAME,
-            "version": fmt.FORMAT_VERSION,
+            "version": version,
             "id": random_hex(16),
             "created": iso(utcnow()),
             "chunker": {"min": fmt.CHUNK_MIN, "avg": fmt.CHUNK_AVG - fmt.CHUNK_MIN, "max": fmt.CHUNK_MAX},
@@ -115,10 +125,10 @@ class Repository:
             raise IntegrityError(f"{fmt.CONFIG_KEY}: not a drkit repository config", key=fmt.CONFIG_KEY) from None
         if config.get("format") != fmt.FORMAT_NAME:
             raise RepositoryNotFound(f"{storage.url} does not hold a drkit repository")
-        if config.get("version") != fmt.FORMAT_VERSION:
+        if config.get("version") not in fmt.SUPPORTED_VERSIONS:
             raise UnsupportedFormat(
                 f"repository format version {config.get('version')} is not supported by this drkit "
-                f"(supports {fmt.FORMAT_VERSION}); upgrade drkit"
+                f"(supports {', '.join(map(str, fmt.SUPPORTED_VERSIONS))}); upgrade drkit"
             )
         master, key_id = cls._unwrap_any(storage, wrapper, config["id"])
         keys = Keys.from_master(master)
@@ -216,7 +226,9 @@ class Repository:
         raise WrongKey(
             f"the configured {wrapper.description} does not unlock the repository at {storage.url} "
             f"(tried {len(intact)} key envelope(s): {'; '.join(refusals) or 'none intact'}){hints}; "
-            "check the encryption settings"
+            "check the encryption settings -- if this key opened the repository before, its envelope under "
+            "keys/ may have been deleted: put keys/ back from a copy, or open it with another key (an escrow "
+            "key added with 'drkit key add') and add this one again"
         )
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -354,10 +366,34 @@ class Repository:
         return WriteSession(self, dedup=dedup)
 
     def commit_manifest(self, manifest: Manifest) -> str:
-        """Write the manifest -- the commit.  It never replaces an existing one."""
+        """Write the manifest -- the commit.  It never replaces an existing one.  A manifest is
+        written in the repository's format version (a version-1 repository gets version-1 JSON,
+        which older drkit reads)."""
+        if manifest.format_version > self.format_version:
+            manifest.format_version = self.format_version
         key = fmt.manifest_key(manifest.source, manifest.id)
         self.storage.put(key, self._seal_json("manifest", key, manifest.to_json()))
         return key
+
+    @property
+    def format_version(self) -> int:
+        """The repository's format version (its config): what new manifests are written as."""
+        return int(self.config["version"])
+
+    def begin_backup(self, source: str, datastore: str, type: str, *, parent: str | None = None,  # noqa: A002
+                     host: str | None = None, started: datetime | None = None) -> BackupTransaction:
+        """Start a backup: the core allocates its id (from ``started``, default now); the dumper
+        writes streams (or parts) into the returned transaction and commits it (see
+        :mod:`drkit.repository.transaction`)."""
+        from drkit.repository.transaction import BackupTransaction
+
+        return BackupTransaction(self, source, datastore, type, parent=parent, host=host, started=started)
+
+    def join_backup(self, source: str, backup_id: str) -> BackupTransaction:
+        """Open a backup another process began, to add parts to it (e.g. one process per node)."""
+        from drkit.repository.transaction import BackupTransaction
+
+        return BackupTransaction.join(self, source, backup_id)
 
     def put_log(
         self, source: str, name: str, reader: IO[bytes], metadata: dict[str, Any] | None = None
@@ -387,7 +423,17 @@ class Repository:
             other = self.get_log(source, name)
             assert other is not None
             return self._compare_log(other, ref)
+        logcat.maybe_seal(self, source, name)
         return "stored", record
+
+    def seal_log_catalog(self, source: str, *, min_records: int = 1, before: datetime | None = None,
+                         delete_replaced: bool = False) -> logcat.SealResult:
+        """Seal complete UTC days (ended before ``before``, default the storage clock minus an
+        hour) of single log records into catalog objects, each read back before it counts.
+        ``delete_replaced`` (forget/prune only, holding the prune lease) then deletes the single
+        records the catalog objects hold identically.  See drkit/repository/logcat.py."""
+        return logcat.seal(self, source, min_records=min_records, before=before,
+                           delete_replaced=delete_replaced)
 
     @staticmethod
     def _compare_log(existing: LogRecord, ref: StreamRef) -> tuple[str, LogRecord]:
@@ -413,6 +459,11 @@ class Repository:
 
     # -- reading --------------------------------------------------------------------------------
     def get_log(self, source: str, name: str) -> LogRecord | None:
+        """The record ``name``: from a catalog object holding it (authoritative), else its
+        single object; None when neither exists."""
+        held = logcat.lookup_for(self).find(self, source, name)
+        if held is not None:
+            return held
         key = fmt.log_key(source, name)
         try:
             sealed = self.storage.get(key)
@@ -421,13 +472,25 @@ class Repository:
         return LogRecord.from_json(self._open_json("log", key, sealed))
 
     def list_log_names(self, source: str) -> list[str]:
-        prefix = fmt.log_key(source, "")
-        return sorted(i.key[len(prefix) :] for i in self.storage.list(prefix))
+        """Names of the records in catalog objects and single objects (a name two catalog
+        objects disagree on is left out; ``load_catalog`` reports it)."""
+        return logcat.scan(self, source).names()
 
     def log_records(self, source: str, names: list[str] | None = None) -> list[LogRecord]:
-        names = self.list_log_names(source) if names is None else names
+        view = logcat.scan(self, source)
+        names = view.names() if names is None else names
+
+        def one(n: str) -> LogRecord:
+            if n in view.conflicts:
+                a, b = view.conflicts[n]
+                raise IntegrityError(f"log record {n} of {source} differs between {a} and {b}; run 'drkit verify'", key=a)
+            rec = view.records.get(n) or logcat.read_single(self, source, n)
+            if rec is None:
+                raise NotFoundError(f"log segment {fmt.log_key(source, n)} disappeared")
+            return rec
+
         with ThreadPoolExecutor(16) as pool:
-            return list(pool.map(lambda n: self._must_log(source, n), names))
+            return list(pool.map(one, names))
 
     def _must_log(self, source: str, name: str) -> LogRecord:
         rec = self.get_log(source, name)
@@ -437,8 +500,9 @@ class Repository:
 
     def delete_log_records(self, source: str, names: Iterable[str]) -> list[str]:
         """Remove log records (``forget`` alone calls this, holding the prune lease).  Returns the
-        keys that could not be deleted.  The data they reference stays until ``prune``."""
-        return self.storage.delete_many([fmt.log_key(source, n) for n in names])
+        keys that could not be deleted.  The data they reference stays until ``prune``.
+        A name held by a catalog object is removed by rewriting that object without it."""
+        return logcat.delete_records(self, source, names)
 
     def delete_manifests(self, source: str, backup_ids: Iterable[str]) -> list[str]:
         """Remove backup manifests (``forget`` alone calls this, holding the prune lease)."""
@@ -446,7 +510,7 @@ class Repository:
 
     def list_sources(self) -> list[str]:
         found = set()
-        for prefix in (fmt.MANIFEST_PREFIX, fmt.LOG_PREFIX):
+        for prefix in (fmt.MANIFEST_PREFIX, fmt.LOG_PREFIX, fmt.LOGCAT_PREFIX):
             for info in self.storage.list(prefix):
                 found.add(info.key[len(prefix) :].split("/", 1)[0])
         return sorted(found)
