@@ -64,6 +64,16 @@ class WriteSession:
         self._stat_lock = threading.Lock()
         self.chunks_new = 0
         self.chunks_reused = 0
+        #: Packs of the loaded index this session re-used (dedup): checked against prune's marks
+        #: before the commit (:func:`drkit.repository.prunemarks.check_reused`).
+        self.reused_packs: set[str] = set()
+        #: Packs a prune run has marked unreferenced: not deduplicated against (their chunks are
+        #: stored again), so only packs marked during this backup ever need rescuing.
+        self.avoid_packs: set[str] = set()
+        if self.known is not None:
+            from drkit.repository.prunemarks import read_marks
+
+            self.avoid_packs = {p for m in read_marks(repo) for p in m.packs}
         self._closed = False
         cdc = repo.chunker
         #: The repository's keyed content-defined chunker (its cut points depend on the key).
@@ -74,12 +84,16 @@ class WriteSession:
         loc = self._new.get(blob_id)
         if loc is None and self.known is not None:
             loc = self.known.get(blob_id)
+            if loc is not None and loc.pack in self.avoid_packs:
+                return None
         return loc
 
     def _add(self, prep: Prepared) -> list[object]:
         loc = self._seen(prep.id)
         if loc is not None:
             self.chunks_reused += 1
+            if prep.id not in self._new:
+                self.reused_packs.add(loc.pack)
             return loc.as_list(prep.id)
         if prep.sealed is None:  # raced: known at prepare time but not now (cannot happen)
             raise DrkitError(f"internal error: chunk {prep.id} vanished from the index")
@@ -116,7 +130,7 @@ class WriteSession:
         window: deque[Future[Prepared]] = deque()
         max_inflight = 2 * self.workers + 2
         size = 0
-        known = _MergedView(self._new, self.known)
+        known = _MergedView(self._new, self.known, self.avoid_packs)
         limit = self.cdc.max_size
         for data in chunks:
             n = len(data)
@@ -169,7 +183,10 @@ class WriteSession:
                 raise fut.exception()  # type: ignore[misc]
 
     def finish(self) -> int:
-        """Upload the last pack, wait for all uploads, write the index.  Returns bytes stored."""
+        """Upload the last pack, wait for all uploads, write the index.  Returns bytes stored.
+
+        Then, if the session re-used packs of the index, rescue any a prune run marked and refuse
+        (IntegrityError) if one is gone or past rescue: the caller must not commit then."""
         try:
             self._flush_pack()
             for fut in self._pending:
@@ -182,6 +199,10 @@ class WriteSession:
                 self.repo.storage.put(name, sealed)
                 self.stored_bytes += len(sealed)
             crashpoints.hit("session.after_index")
+            if self.reused_packs:  # prune may have marked (or removed) a pack this backup re-uses
+                from drkit.repository.prunemarks import check_reused
+
+                check_reused(self.repo, self.reused_packs)
             if self.known is not None:
                 for blob_id, loc in self._new.items():
                     self.known.add(blob_id, loc)
@@ -206,12 +227,17 @@ class WriteSession:
 class _MergedView:
     """``in`` over this session's new chunks and the repository index (read-only, lock-free)."""
 
-    def __init__(self, new: dict[str, Location], known: object | None) -> None:
+    def __init__(self, new: dict[str, Location], known: object | None, avoid: set[str] | None = None) -> None:
         self.new = new
         self.known = known
+        self.avoid = avoid or set()
 
     def __contains__(self, blob_id: str) -> bool:
-        return blob_id in self.new or (self.known is not None and blob_id in self.known)  # type: ignore[operator]
+        if blob_id in self.new:
+            return True
+        if self.known is None or blob_id not in self.known:  # type: ignore[operator]
+            return False
+        return not self.avoid or self.known.get(blob_id).pack not in self.avoid  # type: ignore[attr-defined]
 
 
 def cpu_workers() -> int:

@@ -81,5 +81,10 @@ class Storage(abc.ABC):
         """The storage's own clock, if it has one (used to judge ages under client clock skew)."""
         return None
 
+    def abort_stale_uploads(self, older_than: datetime) -> list[str]:
+        """Abort unfinished multipart uploads started before ``older_than`` (storage clock);
+        returns the keys whose uploads were aborted.  Backends without multipart: nothing."""
+        return []
+
     def close(self) -> None:  # pragma: no cover - default no-op
         return None

@@ -370,6 +370,30 @@ class S3Storage(Storage):
                     failed.append(str(err.get("Key", ""))[len(self.prefix) :])
         return failed
 
+    def abort_stale_uploads(self, older_than: datetime) -> list[str]:
+        """Abort every multipart upload under the prefix initiated before ``older_than`` (a writer
+        that crashed mid-upload leaves its parts billed but invisible); returns their keys."""
+        aborted: list[str] = []
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        try:
+            uploads = [u for page in pages for u in page.get("Uploads", ())]
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc, "list multipart uploads") from exc
+        for upload in uploads:
+            started = _utc(upload.get("Initiated"))
+            if started is None or started >= older_than:
+                continue
+            key = str(upload["Key"])[len(self.prefix) :]
+            try:
+                self._call(f"abort multipart upload of {key}", self.client.abort_multipart_upload,
+                           Key=upload["Key"], UploadId=upload["UploadId"])
+            except NotFoundError:
+                continue  # completed or aborted since the listing
+            aborted.append(key)
+        return aborted
+
     def now(self) -> datetime | None:
         resp = self._call("server time", self.client.head_bucket)
         date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
