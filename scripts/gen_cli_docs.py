@@ -4,7 +4,9 @@
     /opt/drkit/venv/bin/python scripts/gen_cli_docs.py --check   # exit 1 if docs/cli.md is stale
 
 The help text is rendered by click itself (``Context.get_help``) at a fixed width, so the output
-does not depend on the terminal.  tests/unit/test_docs.py fails when docs/cli.md differs from what
+does not depend on the terminal.  ``drkit restore`` takes options of SOURCE's datastore besides its
+common ones, so each installed dumper gets a section of its own (``drkit restore SOURCE --help`` for a
+source of that type).  tests/unit/test_docs.py fails when docs/cli.md differs from what
 this script generates, so the reference cannot drift from the code.
 """
 
@@ -45,6 +47,20 @@ def _contexts(command: click.Command, ctx: click.Context) -> Iterator[click.Cont
             yield from _contexts(sub, child)
 
 
+def _dumper_contexts(settings: dict) -> Iterator[tuple[str, click.Context]]:
+    """For each installed dumper (by datastore type): the context of ``drkit restore SOURCE`` for a
+    source of that type, as ``drkit restore SOURCE --help`` renders it."""
+    from drkit.cli.main import DUMPER_META, cli
+    from drkit.dumpers import available_dumpers
+
+    restore = cli.commands["restore"]
+    for name, cls in sorted(available_dumpers().items()):
+        root = click.Context(cli, info_name="drkit", **settings)  # a root each: ctx.meta is shared
+        ctx = click.Context(restore, info_name="restore", parent=root, **restore.context_settings)
+        ctx.meta[DUMPER_META] = cls
+        yield name, ctx
+
+
 def render() -> str:
     """The Markdown text of docs/cli.md for the drkit installed in this interpreter."""
     from drkit.cli.main import _register_plugins, cli
@@ -53,15 +69,25 @@ def render() -> str:
     settings = {**cli.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
     root = click.Context(cli, info_name="drkit", **settings)
     contexts = list(_contexts(cli, root))
+    per_dumper = list(_dumper_contexts(settings))
 
     parts = [HEADER, "## Contents\n"]
     for ctx in contexts:
         path = ctx.command_path
         parts.append(f"- [`{path}`](#{path.replace(' ', '-')})")
+    for name, _ctx in per_dumper:
+        parts.append(f"- [`drkit restore SOURCE` of a `{name}` source](#drkit-restore-{name})")
     parts.append("")
     for ctx in contexts:
         parts.append(f'<a id="{ctx.command_path.replace(" ", "-")}"></a>\n')
         parts.append(f"## `{ctx.command_path}`\n")
+        parts.append("```text")
+        parts.append(ctx.command.get_help(ctx).rstrip())
+        parts.append("```\n")
+    for name, ctx in per_dumper:
+        parts.append(f'<a id="drkit-restore-{name}"></a>\n')
+        parts.append(f"## `drkit restore SOURCE` of a `{name}` source\n")
+        parts.append(f"The common options above plus the options of `{name}` sources.\n")
         parts.append("```text")
         parts.append(ctx.command.get_help(ctx).rstrip())
         parts.append("```\n")

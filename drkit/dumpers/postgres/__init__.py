@@ -12,6 +12,7 @@ import click
 from drkit.catalog import Catalog, RestorePoints, check_present
 from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
+from drkit.dumpers.options import OptionSpec
 from drkit.errors import BackupNotFound, ConfigError, DrkitError, OutsideWindow
 from drkit.repository import Manifest, Repository
 
@@ -27,6 +28,13 @@ __all__ = ["PostgresDumper"]
 class PostgresDumper(Dumper):
     datastore = "postgres"
     backup_types = ("full", "incremental", "logical")
+    restore_options = (
+        OptionSpec("--keep-archiving", "Keep archive_mode from the backup (default: off, so a restored copy "
+                   "never archives into the production source).", kind=bool),
+        OptionSpec("--to", "Logical backups: pg_restore each database into this running server (a libpq DSN "
+                   "or URL without a password).", aliases=("--into-dsn",), metavar="DSN"),
+        OptionSpec("--database", "Logical backups: only this database.", metavar="NAME"),
+    )
     options: PgOptions
 
     def validate_options(self, options: dict[str, Any]) -> PgOptions:
@@ -91,6 +99,11 @@ class PostgresDumper(Dumper):
             if manifest.type == "logical":
                 check_present(repo, [(f"backup {manifest.id} {s.name}", s) for s in manifest.streams])
                 return self._restore_logical(repo, manifest, request, t0)
+        given = [flag for flag, dest in (("--to/--into-dsn", "to"), ("--database", "database"))
+                 if request.options.get(dest)]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to logical backups (restore one with --backup ID); "
+                              "a physical restore lays down a data directory in --target-dir")
         plan = self._plan_physical(repo, request)
         check_present(repo, plan.needs)  # before the target is touched
         phases = {"plan": time.monotonic() - t0}
@@ -110,7 +123,7 @@ class PostgresDumper(Dumper):
             details["settings"] = write_recovery_config(
                 request.target_dir, config_path=self.config.path, source=self.source.name,
                 point_in_time=plan.target_time, port=port,
-                keep_archiving=bool(request.options.get("keep_archiving")),
+                keep_archiving=bool(request.options["keep_archiving"]),
                 socket_dir=request.target_dir if request.start else None, until=plan.until,
                 timeline=plan.timeline,
             )
@@ -144,7 +157,7 @@ class PostgresDumper(Dumper):
         prepare_target(request.target_dir)
         written = restore_logical(
             repo, manifest, request.target_dir, self.options,
-            into_dsn=request.options.get("into_dsn"), database=request.options.get("database"),
+            into_dsn=request.options["to"], database=request.options["database"],
         )
         if request.sync:  # the dump files (with --into-dsn the server's own durability covers the load)
             from drkit.dumpers.durable import sync_tree
@@ -197,6 +210,11 @@ class PostgresDumper(Dumper):
             {"recovery": "to " + (plan.target.isoformat() if plan.target else "the end of the archived WAL")},
             _needs(plan.backup, histories + [s.name for s in plan.chain.segments], records),
         )
+
+    @classmethod
+    def describe_result(cls, result: RestoreResult) -> list[str]:
+        d = result.details
+        return [f"  serving on port {d['port']} (socket dir {d['socket_dir']})"] if "socket_dir" in d else []
 
     @classmethod
     def cli_group(cls) -> click.Group:

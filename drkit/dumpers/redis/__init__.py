@@ -13,6 +13,7 @@ import click
 from drkit.catalog import Catalog, RestorePoints, check_present
 from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
+from drkit.dumpers.options import OptionSpec
 from drkit.errors import BackupNotFound, ConfigError, OutsideWindow
 from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import iso
@@ -27,6 +28,14 @@ class RedisDumper(Dumper):
     datastore = "redis"
     backup_types = ("full", "incremental")
     needs_target_dir = False  # --to redis://... restores into a running instance
+    restore_options = (
+        OptionSpec("--to", "Load into this running, empty instance (redis://[user@]host:port) instead of a "
+                   "directory.", metavar="URL"),
+        OptionSpec("--to-password-env", "With --to: name of the environment variable holding the target's "
+                   "password.", metavar="VAR"),
+        OptionSpec("--drop", "With --to: delete the target's data first (refused without it if not empty).",
+                   kind=bool, aliases=("--flush",)),
+    )
     options: RedisOptions
 
     def validate_options(self, options: dict[str, Any]) -> RedisOptions:
@@ -103,6 +112,10 @@ class RedisDumper(Dumper):
         from . import restore as r
 
         t0 = time.monotonic()
+        pw_env = request.options.get("to_password_env")
+        if pw_env and os.environ.get(pw_env) is None:  # up front, not as a refused login after the download
+            raise ConfigError(f"--to-password-env {pw_env}: the environment variable {pw_env} is not set; set it "
+                              "to the target instance's password (or leave the option out for no password)")
         chain, at = self._plan(repo, request)
         base = chain.base
         snap = snapshot_time(base)
@@ -124,7 +137,7 @@ class RedisDumper(Dumper):
             drop_before, shift = _ms(snap), replay_shift(_ms(snap), now)
         else:
             drop_before, shift = _ms(at), now - _ms(at)
-        to_url = request.options.get("to")
+        to_url = request.options.get("to")  # a password in it is refused (options.parse_url)
         t1 = time.monotonic()
         if to_url:
             if request.start:
@@ -132,16 +145,15 @@ class RedisDumper(Dumper):
             if not request.sync:
                 raise ConfigError("--no-sync applies to --target-dir restores; --to writes no local files (the "
                                   "target instance's own persistence settings decide its durability)")
-            pw_env = request.options.get("to_password_env")
             details.update(r.restore_to_instance(
                 repo, base, to_url, drop_before_ms=drop_before, shift_ms=shift,
-                password=os.environ.get(pw_env) if pw_env else None, flush=bool(request.options.get("flush"))))
+                password=os.environ.get(pw_env) if pw_env else None, flush=bool(request.options.get("drop"))))
             phases["load"] = time.monotonic() - t1
             if slices:
                 t2 = time.monotonic()
                 details.update(r.replay_into(repo, self.source.name, slices, to_url, pw_env, at, shift, _ms(snap)))
                 phases["replay"] = time.monotonic() - t2
-            return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
+            return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details, into=to_url)
         if request.target_dir is None:
             raise ConfigError("give --target-dir DIR (a data directory) or --to redis://host:port (a running, "
                               "empty instance)")
@@ -173,6 +185,17 @@ class RedisDumper(Dumper):
             r.clear_target(request.target_dir)
             raise
         return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
+
+    @classmethod
+    def describe_result(cls, result: RestoreResult) -> list[str]:
+        d = result.details
+        lines = []
+        if "url" in d and "pid" in d:
+            lines.append(f"  serving at {d['url']} (pid {d['pid']})")
+        if "keys" in d:
+            lines.append(f"  keys restored: {d['keys']} (expired by then, not restored: "
+                         f"{d.get('keys_expired_by_then', 0)})")
+        return lines
 
     @classmethod
     def cli_group(cls) -> click.Group:
