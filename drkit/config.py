@@ -36,6 +36,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, Va
 from pydantic.fields import FieldInfo
 
 from drkit.errors import ConfigError
+from drkit.retention.policy import RetentionPolicy
 
 ENV_CONFIG = "DRKIT_CONFIG"
 
@@ -144,6 +145,7 @@ class SourceConfig:
     name: str
     type: str
     options: dict[str, Any]
+    retention: RetentionPolicy | None = None  # ``sources.<name>.retention`` (docs/user-guide.md, Retention)
 
 
 @dataclass(frozen=True)
@@ -413,8 +415,15 @@ def parse_config(data: Any, path: Path | None = None, *, lines: Lines | None = N
             given = f", got {show(body['type'])}" if "type" in body else ""
             bad(("sources", name, "type"), f"required: the datastore type (e.g. postgres, redis){given}")
         else:
-            opts = {k: v for k, v in body.items() if k != "type"}
-            sources[sname] = SourceConfig(sname, body["type"], opts)
+            opts = {k: v for k, v in body.items() if k not in ("type", "retention")}
+            retention = None
+            if "retention" in body:
+                retention = validate_section(RetentionPolicy, body["retention"], ("sources", name, "retention"),
+                                             **common)
+                if retention is not None and retention.is_empty():
+                    bad(("sources", name, "retention"), "sets no rule: give at least one of keep_last, keep_daily, "
+                        "..., keep_within, pitr_window, min_fulls (or remove the section)")
+            sources[sname] = SourceConfig(sname, body["type"], opts, retention)
     for key in data:
         if key not in TOP_LEVEL:
             bad((key,), f"unknown top-level section (allowed: {', '.join(sorted(TOP_LEVEL))})")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from drkit.catalog import RestorePoints
 from drkit.config import Config
 from drkit.errors import ConfigError, DrkitError, IntegrityError, NotFoundError, StorageError
-from drkit.repository import Repository, leases
+from drkit.repository import Repository, leases, logcat
 from drkit.repository import format as fmt
 from drkit.repository.format import INDEX_PREFIX, LOG_PREFIX, MANIFEST_PREFIX
 from drkit.repository.index import decode_index
@@ -155,6 +156,44 @@ def name_affects(report: VerifyReport, points: dict[str, RestorePoints]) -> None
             p["affects"] = sorted(set(hit)) or [f"{u} (no listed restore point)" for u in p["users"]]
 
 
+def _verify_log_catalogs(repo: Repository, report: VerifyReport, singles: dict[tuple[str, str], bytes],
+                         users: dict[tuple, list[str]], refs: dict[tuple, list]) -> None:
+    """Every catalog object opens, parses and matches its key (source, names, count); each of its
+    records agrees with the single record of the same name, if one exists.  A damaged one names
+    the span it affects and how many of its records have no single object to fall back on."""
+    for info in repo.storage.list(fmt.LOGCAT_PREFIX):
+        cat = logcat.parse_key(info.key)
+        if cat is None:
+            report.problem("logcat", info.key, "not a log catalog key (logcat/<source>/<day>~<first>~<last>~"
+                           "<count>~<hash>); the records it may hold are unknown", [info.key])
+            continue
+        try:
+            records = logcat.load_object(repo, cat)
+        except (DrkitError, ValueError) as exc:
+            have = sum(1 for (s, n) in singles if s == cat.source and cat.covers(n))
+            lost = max(0, cat.count - have)
+            report.problem("logcat", info.key, f"damaged log catalog object: {exc}",
+                           [f"{cat.source}: log records {cat.span} ({cat.count} records; "
+                            + ("each still has its single object, so none is lost)" if not lost else
+                               f"up to {lost} have no single object and are unreadable)")])
+            continue
+        for rec in records:
+            single = singles.get((cat.source, rec.name))
+            if single is not None:
+                if single != hashlib.blake2b(rec.to_json(), digest_size=16).digest():
+                    report.problem("logcat", fmt.log_key(cat.source, rec.name),
+                                   f"log record {rec.name} differs between {fmt.log_key(cat.source, rec.name)} "
+                                   f"and the catalog object {cat.key}; readers use the catalog object's copy "
+                                   "(authoritative) and forget/prune will not delete the single object",
+                                   [f"{cat.source}: log record {rec.name}"])
+                continue
+            report.log_segments += 1
+            for ref in rec.stream.chunks:
+                loc = (ref[1], int(ref[2]), int(ref[3]))
+                users[loc].append(f"log {cat.source}/{rec.name}")
+                refs.setdefault(loc, ref)
+
+
 def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
            wrapper: Wrapper | None = None) -> VerifyReport:
     """Verify every object of ``repo``.  ``dumpers`` (source name -> its dumper) claim and check
@@ -181,23 +220,27 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
                 loc = (ref[1], int(ref[2]), int(ref[3]))
                 users[loc].append(f"backup {m.source}/{m.id}")
                 refs.setdefault(loc, ref)
+    singles: dict[tuple[str, str], bytes] = {}  # (source, name) -> its record's JSON, for the catalog check
     for info in repo.storage.list(LOG_PREFIX):
         source, name = info.key[len(LOG_PREFIX):].split("/", 1)
         try:
-            rec = repo.get_log(source, name)
+            rec = logcat.read_single(repo, source, name)  # the object itself, not a catalog's copy
         except (DrkitError, ValueError) as exc:
             report.problem("log", info.key, str(exc), [f"log {source}/{name}"])
             continue
         if rec is None:
             continue
+        singles[(source, name)] = hashlib.blake2b(rec.to_json(), digest_size=16).digest()
         report.log_segments += 1
         for ref in rec.stream.chunks:
             loc = (ref[1], int(ref[2]), int(ref[3]))
             users[loc].append(f"log {source}/{name}")
             refs.setdefault(loc, ref)
+    _verify_log_catalogs(repo, report, singles, users, refs)
     _verify_packs(repo, report, pack_index, users)
     _verify_source_objects(repo, report, dumpers or {})
     _verify_leases(repo, report)
+    _verify_forgotten(repo, report)
 
     def check(ref: list) -> tuple[list, str | None, int]:
         try:
@@ -442,6 +485,21 @@ def _verify_source_objects(repo: Repository, report: VerifyReport, dumpers: dict
             report.warnings.append({"object": info.key, "kind": "source-object",
                                     "warning": "unknown object: no configured source's dumper keeps it "
                                                "(a removed source's, or a newer drkit's); not checked"})
+
+
+def _verify_forgotten(repo: Repository, report: VerifyReport) -> None:
+    """Forget records (drkit/repository/forgotten.py) open and parse."""
+    from drkit.repository import forgotten
+
+    for info in repo.storage.list(forgotten.PREFIX):
+        try:
+            forgotten.load(repo, info.key)
+        except NotFoundError:
+            continue
+        except (DrkitError, ValueError, KeyError, TypeError) as exc:
+            report.problem("forgotten", info.key, str(exc).removeprefix(f"{info.key}: "), [],
+                           "none: no restore reads it, but the holes forget left in log chains read as gaps "
+                           "until it is restored from a copy")
 
 
 def _verify_leases(repo: Repository, report: VerifyReport) -> None:

@@ -7,12 +7,16 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from drkit import __version__
 from drkit.errors import EXIT_CODES, ConfigError, DrkitError
+
+if TYPE_CHECKING:
+    from drkit.dumpers import Dumper
+    from drkit.dumpers.options import OptionSpec
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {what}" for what, code in EXIT_CODES.items())
 
@@ -75,14 +79,22 @@ def init(app: AppContext, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--type", "backup_type", type=click.Choice(["full", "incremental", "logical"]), default="full",
-              show_default=True, help="What kind of backup to take.")
+@click.option("--type", "backup_type", metavar="TYPE",
+              help="What kind of backup to take: one of the backup types of SOURCE's datastore (e.g. full, "
+              "incremental, logical; default: its first, full).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def backup(app: AppContext, source: str, backup_type: str, as_json: bool) -> None:
+def backup(app: AppContext, source: str, backup_type: str | None, as_json: bool) -> None:
     """Back up SOURCE and commit it to the repository."""
     from drkit import ops
+    from drkit.dumpers import dumper_class
 
+    cls = dumper_class(app.config, source)  # SOURCE's datastore first, then its backup types
+    types = tuple(cls.backup_types)
+    backup_type = backup_type or types[0]
+    if backup_type not in types:
+        raise ConfigError(f"--type {backup_type!r} is not a backup type of source {source!r} (type "
+                          f"{cls.datastore}); choose one of: {', '.join(types)}")
     result = ops.backup(app.config, source, backup_type)
     m = result.manifest
     text = (
@@ -133,41 +145,153 @@ def list_cmd(app: AppContext, source: str | None, as_json: bool) -> None:
             click.echo(f"  {b['id']}  {b['type']:<8} finished {b['finished']}  {b['size'] / 1e6:10.1f} MB  stored {b['stored_bytes'] / 1e6:.1f} MB")
 
 
-@cli.command()
+DUMPER_META = "drkit.restore_dumper"  # ctx.meta: the dumper class of SOURCE, once resolved
+_DUMPER_ERROR = "drkit.restore_dumper_error"  # ctx.meta: why it could not be resolved (for --help)
+
+
+class SourceOptionsCommand(click.Command):
+    """``restore``: the common options plus the options SOURCE's dumper declares.
+
+    click parses every option before the callback runs (and ``--help`` is eager), so SOURCE's
+    dumper must be known while parsing: :meth:`parse_args` peeks at SOURCE (the first argument
+    that is not an option or an option's value), resolves its dumper from the configuration and
+    records it in ``ctx.meta``; :meth:`get_params` then adds that dumper's ``restore_options``
+    (as click options named by their ``dest``), so click itself parses them, refuses an undeclared
+    option (exit 2) and lists them in ``--help``.  Without SOURCE (or without a loadable
+    configuration, for ``--help``) only the common options exist.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: dict[type, list[click.Option]] = {}
+
+    def dumper_params(self, cls: type[Dumper]) -> list[click.Option]:
+        """The click options of ``cls``'s declared restore options (checked once: exit 1 naming
+        the problems if a dumper declares unusable ones)."""
+        if cls not in self._built:
+            from drkit.dumpers.options import spec_problems
+
+            flags = [o for p in self.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)]
+            problems = spec_problems(cls.restore_options, reserved_flags=[*flags, "--help", "-h"],
+                                     reserved_dests=[p.name for p in self.params if p.name] + ["app"])
+            if problems:
+                raise DrkitError(f"the dumper of {cls.datastore!r} sources declares unusable restore options: "
+                                 f"{'; '.join(problems)}")
+            self._built[cls] = [_click_option(s) for s in cls.restore_options]
+        return self._built[cls]
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        cls = ctx.meta.get(DUMPER_META)
+        return [*params, *self.dumper_params(cls)] if cls is not None else params
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cls = self._peek_dumper(ctx, args)
+        if cls is not None:
+            ctx.meta[DUMPER_META] = cls
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            base = exc.message.rstrip(".")
+            if cls is not None:
+                own = ", ".join("/".join(s.flags) for s in cls.restore_options) or "none"
+                exc.message = (f"{base} for sources of type {cls.datastore}; their own options: {own} "
+                               f"('drkit {self.name} SOURCE --help' lists all).")
+            else:
+                exc.message = (f"{base} (the options of a datastore exist once SOURCE is given: "
+                               f"'drkit {self.name} SOURCE --help' lists them).")
+            raise
+
+    def _peek_dumper(self, ctx: click.Context, args: list[str]) -> type[Dumper] | None:
+        source = self._peek_source(args)
+        app = ctx.find_object(AppContext)
+        if source is None or app is None:
+            return None
+        from drkit.dumpers import dumper_class
+
+        try:
+            return dumper_class(app.config, source)
+        except DrkitError as exc:
+            if ctx.resilient_parsing or any(a in ctx.help_option_names for a in args):
+                ctx.meta[_DUMPER_ERROR] = str(exc)  # --help still answers, with the common options
+                return None
+            raise
+
+    def _peek_source(self, args: list[str]) -> str | None:
+        """SOURCE: the first argument that is neither an option nor the value of one (an option of
+        any installed dumper counts, so ``--to URL SOURCE`` works)."""
+        from drkit.dumpers import available_dumpers
+
+        takes_value = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag and not p.count
+                       for o in (*p.opts, *p.secondary_opts)}
+        takes_value.update(f for cls in available_dumpers().values() for s in cls.restore_options
+                           if not s.is_flag for f in s.flags)
+        it = iter(args)
+        for arg in it:
+            if arg == "--":
+                return next(it, None)
+            if not arg.startswith("-") or arg == "-":
+                return arg
+            if "=" not in arg and arg in takes_value:
+                next(it, None)
+        return None
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        cls = ctx.meta.get(DUMPER_META)
+        own = self.dumper_params(cls) if cls is not None else []
+        common = [p for p in self.get_params(ctx) if isinstance(p, click.Option) and p not in own]
+        with formatter.section("Options"):
+            formatter.write_dl([r for p in common if (r := p.get_help_record(ctx))])
+        if cls is not None and own:
+            with formatter.section(f"Options of {cls.datastore} sources"):
+                formatter.write_dl([r for p in own if (r := p.get_help_record(ctx))])
+            return
+        formatter.write_paragraph()
+        if cls is not None:
+            formatter.write_text(f"Sources of type {cls.datastore} take no options of their own.")
+            return
+        why = ctx.meta.get(_DUMPER_ERROR)
+        formatter.write_text(f"The options of SOURCE's datastore (e.g. --to, --drop, --database) appear with "
+                             f"'drkit {self.name} SOURCE --help'" + (f" (not now: {why})" if why else "") + ".")
+
+
+def _click_option(spec: OptionSpec) -> click.Option:
+    """The click option of a dumper's declared option (its parameter name is ``spec.dest``)."""
+    if spec.is_flag:
+        return click.Option([*spec.flags, spec.dest], is_flag=True, default=bool(spec.default), help=spec.help)
+    kind = {str: click.STRING, int: click.INT, float: click.FLOAT}.get(spec.kind) or click.Path(path_type=Path)
+    return click.Option([*spec.flags, spec.dest], type=kind, default=spec.default, multiple=spec.multiple,
+                        metavar=spec.metavar, help=spec.help, show_default=spec.default is not None)
+
+
+@cli.command(cls=SourceOptionsCommand)
 @click.argument("source")
 @click.option("--backup", "backup_id", help="Restore this backup (as of its end); with --point-in-time: "
               "use this backup as the base instead of the newest one covering the time.")
 @click.option("--point-in-time", "pit", help="Restore to this time (ISO 8601 with zone, e.g. 2026-11-26T14:05:00Z).")
 @click.option("--target-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Empty or new directory to restore into (required except for redis --to).")
+              help="Empty or new directory to restore into (required unless SOURCE's datastore restores into a "
+              "running server with --to).")
 @click.option("--start", is_flag=True, help="Start the restored server and wait until it serves.")
 @click.option("--port", type=int, help="Port for the restored server (default: a free one).")
 @click.option("--wait-in-flight", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Latest-state restores: seconds to wait for log records still in flight (pushed out of "
               "order) before refusing with the hole named.")
 @click.option("--no-sync", is_flag=True, help="Return without waiting for the restored files to reach the disk: "
-              "faster, but an OS crash soon after can leave them corrupt (as pg_basebackup --no-sync).")
-@click.option("--keep-archiving", is_flag=True, help="Keep archive_mode from the backup (default: off, so a restored copy never archives into the production source).")
-@click.option("--into-dsn", help="Logical backups: pg_restore each database into this server.")
-@click.option("--database", help="Logical backups: only this database.")
-@click.option("--to", "to_url", help="Redis: load into this running, empty instance (redis://host:port) instead of a directory.")
-@click.option("--to-password-env", help="Redis --to: name of the environment variable holding the target's password.")
-@click.option("--flush", is_flag=True, help="Redis --to: delete the target's data first (refused without it if not empty).")
+              "faster, but an OS crash soon after can leave them corrupt (as a base backup tool's --no-sync).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None, target_dir: Path | None,
-            start: bool, port: int | None, wait_in_flight: float, no_sync: bool, keep_archiving: bool, into_dsn: str | None,
-            database: str | None, to_url: str | None, to_password_env: str | None, flush: bool,
-            as_json: bool) -> None:
+            start: bool, port: int | None, wait_in_flight: float, no_sync: bool, as_json: bool,
+            **dumper_options: Any) -> None:
     """Restore SOURCE: the latest state, one backup, or a point in time."""
     from drkit import ops
-    from drkit.dumpers import RestoreRequest
+    from drkit.dumpers import RestoreRequest, dumper_class
 
     request = RestoreRequest(
         source=app.config.source(source), target_dir=target_dir.absolute() if target_dir else None,
         backup_id=backup_id, point_in_time=parse_time(pit) if pit else None, start=start, port=port,
-        sync=not no_sync, wait_in_flight=wait_in_flight, options={"keep_archiving": keep_archiving, "into_dsn": into_dsn, "database": database,
-                 "to": to_url, "to_password_env": to_password_env, "flush": flush},
+        sync=not no_sync, wait_in_flight=wait_in_flight, options=dumper_options,
     )
     result = ops.restore(app.config, request)
     data = {
@@ -177,16 +301,10 @@ def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None
         "phases_seconds": {k: round(v, 3) for k, v in result.phases.items()},
         "seconds": round(result.seconds, 3), **result.details,
     }
-    into = result.target_dir or to_url
+    into = result.target_dir or result.into
     lines = [f"restored {source} from backup {result.backup_id} into {into} ({result.seconds:.1f} s)"]
     lines += [f"  {k}: {v:.2f} s" for k, v in result.phases.items()]
-    if "socket_dir" in result.details:
-        lines.append(f"  serving on port {result.details['port']} (socket dir {result.details['socket_dir']})")
-    elif "url" in result.details:
-        lines.append(f"  serving at {result.details['url']} (pid {result.details['pid']})")
-    if "keys" in result.details:
-        lines.append(f"  keys restored: {result.details['keys']} (expired by then, not restored: "
-                     f"{result.details.get('keys_expired_by_then', 0)})")
+    lines += dumper_class(app.config, source).describe_result(result)
     emit(data, as_json, "\n".join(lines))
 
 
@@ -206,6 +324,15 @@ def verify(app: AppContext, as_json: bool) -> None:
 from drkit.cli.keys import key  # noqa: E402 - the key group lives in drkit/cli/keys.py
 
 cli.add_command(key)
+from drkit.cli.forget import forget  # noqa: E402 - drkit/cli/forget.py
+
+cli.add_command(forget)
+from drkit.cli.prune import prune as prune_command  # noqa: E402 - drkit/cli/prune.py
+
+cli.add_command(prune_command)
+from drkit.cli.upgrade import repository  # noqa: E402 - drkit repository upgrade
+
+cli.add_command(repository)
 
 
 def _register_plugins() -> None:

@@ -10,16 +10,18 @@ group a third party would use.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
-from drkit.catalog import Catalog, RestorePoints, load_catalog
+from drkit.catalog import Catalog, Damaged, RestorePoints, load_catalog
 from drkit.config import Config, SourceConfig
+from drkit.dumpers.options import OptionSpec, resolve_options
 from drkit.errors import ConfigError
 from drkit.repository import Manifest, Repository
 
@@ -55,7 +57,16 @@ class RestoreRequest:
     port: int | None = None
     sync: bool = True  # the restored files are durable before restore returns (see dumpers/durable.py)
     wait_in_flight: float = 60.0  # a latest restore waits this long for in-flight log records
-    options: dict[str, Any] = field(default_factory=dict)
+    # The dumper's own options (its ``restore_options``), by OptionSpec.dest: made read-only and
+    # complete (every declared dest, given or empty) for the source's dumper; an undeclared key is
+    # a ConfigError.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cls = available_dumpers().get(self.source.type)
+        specs = cls.restore_options if cls is not None else ()
+        what = f"restoring source {self.source.name!r} (type {self.source.type})"
+        self.options = resolve_options(specs, self.options, what=what)
 
 
 @dataclass
@@ -65,7 +76,10 @@ class RestoreResult:
     target_dir: Path | None
     point_in_time: datetime | None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # JSON-serializable facts of the dumper, merged into ``restore --json``; their text lines come
+    # from ``Dumper.describe_result`` (the core reads no key of its own here).
     details: dict[str, Any] = field(default_factory=dict)
+    into: str | None = None  # where it went when not a directory (a server URL, never a password)
 
     @property
     def seconds(self) -> float:
@@ -76,8 +90,11 @@ class Dumper(abc.ABC):
     """The contract every datastore plugin implements."""
 
     datastore: str = ""
-    backup_types: tuple[str, ...] = ("full",)
+    backup_types: tuple[str, ...] = ("full",)  # ``backup --type`` choices; the first is the default
     needs_target_dir: bool = True  # False: the dumper can also restore into a running server
+    # ``drkit restore SOURCE`` options of this datastore besides the common ones; one name, one
+    # meaning across dumpers (drkit/dumpers/options.py STANDARD, checked by spec_problems).
+    restore_options: ClassVar[tuple[OptionSpec, ...]] = ()
 
     def __init__(self, config: Config, source: SourceConfig) -> None:
         self.config = config
@@ -100,8 +117,13 @@ class Dumper(abc.ABC):
 
     def catalog(self, repo: Repository) -> Catalog:
         """This source's manifests and log records, the unreadable ones recorded as damaged."""
+        from drkit.repository.forgotten import forgotten_logs
+
         grace = getattr(self.config.repository, "gap_grace", None)
-        return load_catalog(repo, self.source.name, gap_grace=grace)
+        catalog = load_catalog(repo, self.source.name, gap_grace=grace)
+        catalog.forgotten, bad = forgotten_logs(repo, self.source.name)
+        catalog.damaged += [Damaged(key, "forgotten", key.rsplit("/", 1)[-1], err) for key, err in bad]
+        return catalog
 
     def window(self, repo: Repository) -> Window:
         """The recoverable window from what the repository holds."""
@@ -111,6 +133,12 @@ class Dumper(abc.ABC):
     @abc.abstractmethod
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
         """Restore a backup or a point in time as the request says."""
+
+    @classmethod
+    def describe_result(cls, result: RestoreResult) -> list[str]:
+        """The text lines (indented) of ``drkit restore`` for the datastore-specific facts in
+        ``result.details``; the core prints the summary and the phases."""
+        return []
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         """Extra per-source facts for ``list`` (e.g. log segment counts)."""
@@ -138,15 +166,19 @@ def available_dumpers() -> dict[str, type[Dumper]]:
     return found
 
 
-def dumper_for(config: Config, source_name: str) -> Dumper:
+def dumper_class(config: Config, source_name: str) -> type[Dumper]:
+    """The dumper plugin of the configured source ``source_name`` (not instantiated)."""
     source = config.source(source_name)
     dumpers = available_dumpers()
     try:
-        cls = dumpers[source.type]
+        return dumpers[source.type]
     except KeyError:
         known = ", ".join(sorted(dumpers)) or "none installed"
         raise ConfigError(
             f"source {source_name!r} has type {source.type!r}, for which no dumper is installed "
             f"(installed: {known})"
         ) from None
-    return cls(config, source)
+
+
+def dumper_for(config: Config, source_name: str) -> Dumper:
+    return dumper_class(config, source_name)(config, config.source(source_name))

@@ -399,6 +399,8 @@ def restore_points(catalog: Catalog) -> RestorePoints:
                          for n in by_tli.get(t, [])[bisect.bisect_right(by_tli.get(t, []), newest):]),
                         key=lambda x: (x.segno, x.tli))
         missing_name = c.missing.split(" ")[0]
+        if missing_name in catalog.forgotten:
+            continue  # retention removed it on purpose: the chain ends there (no damage)
         gaps.append(Gap(
             chain=f"backup {c.backup.id}", missing=c.missing, after=run_end[id(c.run)], beyond=[x.name for x in beyond],
             state=classify([x.pushed for x in beyond if x.pushed], catalog.now, catalog.gap_grace) if beyond else "gap",

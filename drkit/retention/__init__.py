@@ -1,0 +1,1 @@
+"""Retention: which restore points a source keeps (``policy``, ``planner``) and ``drkit forget``."""
