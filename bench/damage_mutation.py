@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--starts", type=int, default=20, help="restores also started for real (default 20)")
     ap.add_argument("--seed", type=int, default=9, help="master seed (default 9)")
     ap.add_argument("--threads", type=int, default=2, help="commands run at once per trial (default 2)")
+    ap.add_argument("--every-time", action="store_true", help="restore each range at its start, middle and end "
+                    "in every trial (default: one of them per trial, chosen by the seed)")
     ap.add_argument("--replay", type=int, help="replay one trial: its seed (with --kind and --op)")
     ap.add_argument("--kind")
     ap.add_argument("--op", choices=["delete", "flip"])
@@ -47,6 +49,7 @@ def main() -> int:
         t0 = time.monotonic()
         campaign = harness.run_campaign(pristine, harness.per_kind(args.trials), master_seed=args.seed,
                                         starts=args.starts, threads=args.threads,
+                                        one_time_per_range=not args.every_time,
                                         log=lambda s: print(s, flush=True))
         print()
         print(campaign.table())
