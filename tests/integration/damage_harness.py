@@ -411,6 +411,12 @@ class TrialResult:
     seconds: float = 0.0
 
 
+def refusal_codes(m: Mutation) -> set[int]:
+    """The exit codes a refusal may have: the damage codes, and "backup not found" (11) when the
+    backup's manifest was deleted (nothing is left that tells it from a backup never taken)."""
+    return REFUSAL_CODES | ({EXIT_NOT_FOUND} if (m.kind, m.op) == ("manifest", "delete") else set())
+
+
 def names_object(text: str, m: Mutation, pristine: Pristine) -> bool:
     """Does an error message name the damaged object (or what a deleted one was)?"""
     if m.key in text:
@@ -561,8 +567,7 @@ def judge_restore(proc: subprocess.CompletedProcess[str], target: Path, r: Resto
             diff = {k: (want.get(k), settings.get(k)) for k in set(want) | set(settings) if want.get(k) != settings.get(k)}
             return bad(f"exit 0 but drkit's recovery settings differ from the pristine restore's: {diff}")
         return "exact"
-    codes = REFUSAL_CODES | ({EXIT_NOT_FOUND} if (m.kind, m.op) == ("manifest", "delete") else set())
-    if proc.returncode not in codes:
+    if proc.returncode not in refusal_codes(m):
         bad(f"refused with exit {proc.returncode}, not a documented damage code (3/4/5/8/9; 11 for a deleted "
             "manifest)")
     elif not names_object(proc.stderr, m, pristine) and not (
@@ -714,8 +719,9 @@ def _real_start(pristine: Pristine, r: Restore, m: Mutation, t: TrialResult, wor
         else:
             t.restores_exact += 1
     else:
-        if proc.returncode not in REFUSAL_CODES:
-            bad(f"--start: refused with exit {proc.returncode}, not a documented damage code (3/4/5/8/9)")
+        if proc.returncode not in refusal_codes(m):
+            bad(f"--start: refused with exit {proc.returncode}, not a documented damage code (3/4/5/8/9; 11 for "
+                "a deleted manifest)")
         elif not names_object(proc.stderr, m, pristine) and not (
                 m.kind == "key" and m.op == "delete" and proc.returncode == EXIT_WRONG_KEY):
             bad("--start: refused without naming the damaged object")
