@@ -505,8 +505,13 @@ class Repository:
         return logcat.delete_records(self, source, names)
 
     def delete_manifests(self, source: str, backup_ids: Iterable[str]) -> list[str]:
-        """Remove backup manifests (``forget`` alone calls this, holding the prune lease)."""
-        return self.storage.delete_many([fmt.manifest_key(source, b) for b in backup_ids])
+        """Remove backup manifests (``forget`` alone calls this, holding the prune lease), and
+        then the part records of each removed one (read only before its commit)."""
+        ids = list(backup_ids)
+        failed = self.storage.delete_many([fmt.manifest_key(source, b) for b in ids])
+        gone = [b for b in ids if fmt.manifest_key(source, b) not in set(failed)]
+        parts = [i.key for b in gone for i in self.storage.list(f"{fmt.PART_PREFIX}{source}/{b}/")]
+        return failed + self.storage.delete_many(parts)
 
     def list_sources(self) -> list[str]:
         found = set()

@@ -109,6 +109,22 @@ def test_multi_part_backup_names_its_parts_and_flattens_their_streams(storage):
     assert loaded.summary()["parts"] == [{"name": n, "host": f"{n}.example", "status": "ok"} for n in blobs]
 
 
+def test_removing_a_manifest_removes_its_part_records_and_nothing_else(storage):
+    repo = Repository.init(storage, wrapper())
+    ids = []
+    for _ in range(2):
+        with repo.begin_backup("cluster", "test", "full") as txn:
+            for name in ("n1", "n2"):
+                part = txn.part(name, host=f"{name}.example")
+                part.write_stream("s.tar", io.BytesIO(data(1000, 3)))
+                part.finish()
+            ids.append(txn.commit().id)
+    assert repo.delete_manifests("cluster", [ids[0]]) == []
+    assert keys(storage, f"parts/cluster/{ids[0]}/") == []
+    assert keys(storage, f"parts/cluster/{ids[1]}/") == [f"parts/cluster/{ids[1]}/{n}" for n in ("n1", "n2")]
+    assert [m.id for m in repo.list_manifests("cluster")] == [ids[1]]
+
+
 def test_a_failed_part_commits_nothing_and_abort_removes_own_records(storage):
     repo = Repository.init(storage, wrapper())
     with pytest.raises(IncompleteBackup, match=r"n2 on h2 failed: disk full"):
