@@ -241,6 +241,7 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
     _verify_source_objects(repo, report, dumpers or {})
     _verify_leases(repo, report)
     _verify_forgotten(repo, report)
+    _verify_parts(repo, report)
 
     def check(ref: list) -> tuple[list, str | None, int]:
         try:
@@ -485,6 +486,29 @@ def _verify_source_objects(repo: Repository, report: VerifyReport, dumpers: dict
             report.warnings.append({"object": info.key, "kind": "source-object",
                                     "warning": "unknown object: no configured source's dumper keeps it "
                                                "(a removed source's, or a newer drkit's); not checked"})
+
+
+def _verify_parts(repo: Repository, report: VerifyReport) -> None:
+    """Part records (format version 2) open, parse and match their key.  No restore reads them
+    (a committed manifest holds its parts); one of a backup never committed is a warning."""
+    from drkit.repository.transaction import PartRecord
+
+    for info in repo.storage.list(fmt.PART_PREFIX):
+        try:
+            record = PartRecord.from_json(repo._open_json("part", info.key, repo.storage.get(info.key)))
+            if record.key != info.key:
+                raise ValueError(f"claims to be {record.key}")
+        except NotFoundError:
+            continue
+        except (DrkitError, ValueError, KeyError, TypeError) as exc:
+            report.problem("part", info.key, str(exc).removeprefix(f"{info.key}: "), [],
+                           "none: a committed backup's manifest holds its parts; an uncommitted backup "
+                           "cannot be committed with it")
+            continue
+        source, bid = info.key[len(fmt.PART_PREFIX):].split("/")[:2]
+        if not repo.storage.exists(fmt.manifest_key(source, bid)):
+            report.warnings.append({"object": info.key, "kind": "part", "warning": f"part of backup {source}/{bid}, "
+                                    "which is not committed (running, or abandoned: prune reclaims its data)"})
 
 
 def _verify_forgotten(repo: Repository, report: VerifyReport) -> None:

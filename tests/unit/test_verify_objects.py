@@ -251,3 +251,25 @@ def test_configuration_error_is_not_an_integrity_failure(tmp_path):
     with pytest.raises(SystemExit) as done:
         main(["--config", str(cfg), "verify"])
     assert done.value.code == 2
+
+
+def test_part_records_are_verified(storage):  # noqa: F811
+    repo = Repository.init(storage, wrapper())
+    with repo.begin_backup("cluster", "test", "full") as txn:
+        for name in ("n1", "n2"):
+            part = txn.part(name, host=f"{name}.example")
+            part.write_stream("s.tar", io.BytesIO(realistic(50_000)))
+            part.finish()
+        bid = txn.commit().id
+    assert run(repo).problems == []
+    flip(storage, f"parts/cluster/{bid}/n2", 20)
+    [p] = run(repo).problems
+    assert (p["kind"], p["object"], p["affects"]) == ("part", f"parts/cluster/{bid}/n2", [])
+    assert "affects: none" in p["error"]
+    # A part of a backup never committed is only a warning.
+    txn = repo.begin_backup("cluster", "test", "full")
+    part = txn.part("n1", host="h")
+    part.write_stream("s.tar", io.BytesIO(b"x" * 1000))
+    part.finish()
+    report = run(repo)
+    assert [w["object"] for w in report.warnings if w["kind"] == "part"] == [f"parts/cluster/{txn.id}/n1"]
