@@ -621,7 +621,10 @@ def run_trial(pristine: Pristine, kind: str, op: str, seed: int, *, start: Resto
     config_path = work / "drkit.yaml"
     _trial_config(pristine, repo_dir, config_path)
     m = choose_mutation(repo_dir, kind, op, rng, pristine.key_id)
-    if kind == "log" and op == "delete" and not _needed_segment(pristine, m.key.rsplit("/", 1)[-1]):
+    if kind == "log" and op == "delete" and m.key.endswith(".backup"):
+        m.observable, m.note = False, ("a backup history file: PostgreSQL's recovery never reads it, so its "
+                                       "loss breaks no restore point")
+    elif kind == "log" and op == "delete" and not _needed_segment(pristine, m.key.rsplit("/", 1)[-1]):
         m.observable, m.note = False, "a WAL segment no restore point needs (older than every backup)"
     elif kind == "log" and op == "delete" and m.key == objects_of(pristine.repo_dir, "log")[-1]:
         m.observable, m.note = False, ("the newest WAL segment: the repository alone cannot tell it from one "
