@@ -18,7 +18,7 @@ these, so they cannot disagree about what is restorable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +30,17 @@ from drkit.repository import format as fmt
 from drkit.repository.manifest import iso
 
 GAP_GRACE = timedelta(minutes=10)
+
+
+def merge_intervals(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Closed intervals merged where they touch or overlap, sorted."""
+    out: list[tuple[datetime, datetime]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def checked_index(i: int, n: int) -> int:
@@ -192,13 +203,7 @@ class RestorePoints:
 
     def intervals(self) -> list[tuple[datetime, datetime]]:
         """The merged recoverable window (what ``window`` / ``windows`` show)."""
-        out: list[tuple[datetime, datetime]] = []
-        for a, b in sorted((p.start, p.end) for p in self.points if p.window):
-            if out and a <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], b))
-            else:
-                out.append((a, b))
-        return out
+        return merge_intervals((p.start, p.end) for p in self.points if p.window)
 
     def newest_safe_time(self) -> datetime | None:
         return max((p.end for p in self.points if p.window), default=None)

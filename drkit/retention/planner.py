@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from drkit.catalog import RestorePoint, RestorePoints
+from drkit.catalog import RestorePoint, RestorePoints, merge_intervals
 from drkit.repository import LogRecord, Manifest
 from drkit.repository.manifest import iso, parse_iso
 from drkit.retention.policy import RetentionPolicy
@@ -158,13 +158,7 @@ def subtract(before: list[Interval], after: list[Interval]) -> list[Interval]:
 
 
 def merge(intervals: Iterable[Interval]) -> list[Interval]:
-    out: list[Interval] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+    return merge_intervals(intervals)
 
 
 def _label(p: RestorePoint) -> str:

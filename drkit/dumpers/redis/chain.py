@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from drkit.catalog import Catalog, Gap, RestorePoint, RestorePoints, classify
+from drkit.catalog import Catalog, Gap, RestorePoint, RestorePoints, classify, merge_intervals
 from drkit.repository import Manifest
 from drkit.repository.manifest import LogRecord, parse_iso
 
@@ -104,13 +104,7 @@ def _attach(chain: Chain, slices: list[LogRecord]) -> None:
 
 
 def merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    out: list[tuple[datetime, datetime]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+    return merge_intervals(intervals)
 
 
 def restore_points(catalog: Catalog) -> RestorePoints:
