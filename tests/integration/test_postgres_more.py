@@ -129,3 +129,27 @@ def test_configuration_outside_the_data_directory_is_backed_up_and_restored():
             env.stop_datadir(target)
     finally:
         env.close()
+
+
+def test_restore_started_in_a_deep_directory_serves_despite_the_socket_path_limit():
+    from drkit.dumpers.postgres.restore import SOCKET_PATH_MAX
+
+    env = make_pg_env("deep")
+    try:
+        with env.conn() as c:
+            c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 321) g")
+        bid = json.loads(env.drkit("backup", "main", "--json").stdout)["id"]
+        target = env.root / ("a-rather-long-directory-name-" * 3) / "restored"
+        assert len(str(target)) + len("/.s.PGSQL.65535") > SOCKET_PATH_MAX
+        res = json.loads(env.drkit("restore", "main", "--backup", bid, "--target-dir", str(target), "--start",
+                                   "--json", "--no-sync").stdout)
+        env.restored_dirs.append(target)
+        try:
+            assert res["socket_dir"] == "/tmp"
+            with psycopg.connect(f"host={res['socket_dir']} port={res['port']} user=postgres dbname=postgres",
+                                 autocommit=True) as c:
+                assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 321
+        finally:
+            env.stop_datadir(target)
+    finally:
+        env.close()

@@ -88,6 +88,7 @@ class PostgresDumper(Dumper):
             extract_base,
             prepare_target,
             restore_config_files,
+            socket_dir_for,
             start_and_wait,
             stop_server,
             write_recovery_config,
@@ -124,7 +125,8 @@ class PostgresDumper(Dumper):
                 request.target_dir, config_path=self.config.path, source=self.source.name,
                 point_in_time=plan.target_time, port=port,
                 keep_archiving=bool(request.options["keep_archiving"]),
-                socket_dir=request.target_dir if request.start else None, until=plan.until,
+                socket_dir=socket_dir_for(request.target_dir, port) if request.start and port else None,
+                until=plan.until,
                 timeline=plan.timeline,
             )
             chown_tree(request.target_dir, self.options.os_user)
@@ -139,7 +141,8 @@ class PostgresDumper(Dumper):
         if request.start:
             assert port is not None
             t2 = time.monotonic()
-            details.update(start_and_wait(self.options, request.target_dir, port))
+            details.update(start_and_wait(self.options, request.target_dir, port,
+                                          socket_dir=socket_dir_for(request.target_dir, port)))
             try:
                 _check_replayed(details.get("last_replayed_lsn"), plan.min_segno, plan.backup, request)
             except DrkitError:
@@ -147,7 +150,7 @@ class PostgresDumper(Dumper):
                 raise
             phases["recovery"] = time.monotonic() - t2
             details["port"] = port
-            details["socket_dir"] = str(request.target_dir)
+            details["socket_dir"] = str(socket_dir_for(request.target_dir, port))
         return RestoreResult(self.source.name, plan.backup.id, request.target_dir, request.point_in_time, phases, details)
 
     def _restore_logical(self, repo: Repository, manifest: Manifest, request: RestoreRequest, t0: float) -> RestoreResult:

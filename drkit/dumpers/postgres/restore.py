@@ -157,7 +157,21 @@ def cluster_state(opts: PgOptions, target: Path) -> str:
     return "unknown"
 
 
-def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 3600.0) -> dict[str, Any]:
+SOCKET_PATH_MAX = 107  # sun_path: a Unix socket's path, including .s.PGSQL.<port>, must fit
+
+
+def socket_dir_for(target: Path, port: int) -> Path:
+    """Where the restored server puts its Unix socket: the target directory (private to this
+    restore), or ``/tmp`` when the socket's path there would exceed the kernel's limit (a
+    restore into a deep directory must not fail at start; /tmp always exists, also after a
+    reboot, and the port keeps the socket's name unique)."""
+    if len(str(target / f".s.PGSQL.{port}")) <= SOCKET_PATH_MAX:
+        return target
+    return Path("/tmp")
+
+
+def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 3600.0,
+                   socket_dir: Path | None = None) -> dict[str, Any]:
     """Start the restored server; wait until recovery finished and it accepts connections.
 
     Progress is read from pg_control and the server log, not through a login, so it works
@@ -174,7 +188,7 @@ def start_and_wait(opts: PgOptions, target: Path, port: int, timeout: float = 36
         state = cluster_state(opts, target)
         if state == "in production":
             ready = subprocess.run(
-                [opts.tool("pg_isready"), "-q", "-h", str(target), "-p", str(port), "-t", "2"],
+                [opts.tool("pg_isready"), "-q", "-h", str(socket_dir or target), "-p", str(port), "-t", "2"],
                 env=opts.env(), check=False, timeout=30,
             )
             if ready.returncode == 0:
