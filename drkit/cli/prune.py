@@ -8,11 +8,11 @@ import click
 
 
 @click.command("prune")
-@click.option("--dry-run", is_flag=True, help="Show what would be marked, deleted and repacked; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be marked and deleted (and the repack candidates); change nothing.")
 @click.option("--grace", default="24h", show_default=True,
               help="Delete only packs marked unreferenced at least this long ago (e.g. 24h, 30m; 0 marks and "
                    "deletes in one run, refused while a writer holds a lease).")
-@click.option("--max-repack-size", default=None, help="Repack at most this many bytes (e.g. 2G).")
+@click.option("--max-repack-size", default=None, help="Report repack candidates up to this many bytes in all (e.g. 2G; repacking itself is not implemented yet).")
 @click.option("--repack-threshold", type=float, default=0.5, show_default=True,
               help="Packs whose live share is below this are repack candidates (reported; repacking is not "
                    "implemented yet).")
