@@ -174,6 +174,9 @@ class Gap:
     beyond: list[str]  # committed records past it, unreachable through it
     state: str = "gap"  # "gap" | "in_flight"
     damaged: Damaged | None = None
+    # The hole is itself a record past every restore point (a damaged newest segment): nothing
+    # beyond it, but its commits are lost to a latest restore all the same.
+    lost: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -215,7 +218,7 @@ class RestorePoints:
         """Gaps with committed log records past them that no restore point reaches: a restore of
         "the latest state" would stop at them quietly, so it must refuse (or wait, while they
         are in flight)."""
-        return [g for g in self.gaps if g.beyond]
+        return [g for g in self.gaps if g.beyond or g.lost]
 
     def notes_all(self) -> list[str]:
         return list(self.notes) + [g.text() for g in self.gaps]

@@ -54,7 +54,7 @@ def past_gap(points: RestorePoints, target: datetime | None, exc: OutsideWindow)
     """A point-in-time request outside the window: exit 9 naming the hole when the time lies past
     a hole that cut the chain (the log exists, the chain to it does not), else exit 8."""
     cut = [g for g in points.gaps if target is not None and g.after is not None and g.after < target]
-    if cut and any(g.beyond for g in cut):
+    if cut and any(g.beyond or g.lost for g in cut):
         return ChainBroken(f"{exc}. The chain to that time is broken: {'; '.join(g.text() for g in cut)}")
     if points.gaps:
         return OutsideWindow(f"{exc}. Note: {'; '.join(g.text() for g in points.gaps)}")

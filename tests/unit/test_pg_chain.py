@@ -177,6 +177,25 @@ def test_restore_points_name_what_each_needs_and_the_gap_that_cuts_the_chain():
                                                         "count": 3}}
 
 
+def test_a_damaged_newest_segment_blocks_the_latest_state():
+    """Nothing was archived after it, but it was archived: a latest restore must not stop quietly
+    before it (found by the damage mutation test)."""
+    from drkit.catalog import Damaged
+    from drkit.dumpers.postgres.chain import restore_points
+
+    b = base("b1", 1, 2, 3, stop_min=10)
+    logs = [seg(1, 4, 11, 12), seg(1, 5, 13, 14)]
+    tail = Damaged("logs/db/" + segment_name(1, 6), "log", segment_name(1, 6), "MAC mismatch")
+    pts = restore_points(_catalog([b], logs, [tail], now=at(60)))
+    assert pts.intervals() == [(at(10), at(14))]
+    [gap] = pts.blocking_latest()
+    assert gap.missing == segment_name(1, 6) and gap.damaged is tail and gap.state == "gap"
+    assert gap.beyond == [] and gap.after == at(14)
+    # A damaged record older than the chain's end blocks nothing.
+    old = Damaged("logs/db/" + segment_name(1, 1), "log", segment_name(1, 1), "MAC mismatch")
+    assert restore_points(_catalog([b], logs, [old], now=at(60))).blocking_latest() == []
+
+
 def test_a_hole_whose_successors_were_just_pushed_is_in_flight_then_a_gap():
     from drkit.dumpers.postgres.chain import restore_points
 

@@ -388,12 +388,21 @@ def restore_points(catalog: Catalog) -> RestorePoints:
     run_end: dict[int, datetime] = {}
     for c in chains:
         run_end[id(c.run)] = max(run_end.get(id(c.run), c.end), c.end)
+    # A damaged WAL record is a segment that was archived: one past every chain's end holds
+    # commits no restore point reaches, exactly like a committed segment past a hole.
+    damaged_segs: dict[int, list[tuple[int, str]]] = {}
+    for d in catalog.damaged:
+        parsed = parse_segment(d.name, cat.seg_size) if d.kind == "log" else None
+        if parsed:
+            damaged_segs.setdefault(parsed[0], []).append((parsed[1], d.name))
     for c in chains:
         if c.missing is None or c.last_segno is None or id(c.run) in seen_runs:
             continue
         seen_runs.add(id(c.run))
         tlis = {t for t, _ in c.timeline_path}
-        if not any(bisect.bisect_right(by_tli.get(t, []), c.last_segno) < len(by_tli.get(t, [])) for t in tlis):
+        lost = sorted((n, name) for t in tlis for n, name in damaged_segs.get(t, []) if n > newest)
+        if not lost and not any(bisect.bisect_right(by_tli.get(t, []), c.last_segno) < len(by_tli.get(t, []))
+                                for t in tlis):
             continue  # the chain simply ends at the newest archived segment
         beyond = sorted((cat.segments[(t, n)] for t in tlis
                          for n in by_tli.get(t, [])[bisect.bisect_right(by_tli.get(t, []), newest):]),
@@ -401,10 +410,11 @@ def restore_points(catalog: Catalog) -> RestorePoints:
         missing_name = c.missing.split(" ")[0]
         if missing_name in catalog.forgotten:
             continue  # retention removed it on purpose: the chain ends there (no damage)
+        beyond_names = sorted([x.name for x in beyond] + [name for _, name in lost if name != missing_name])
         gaps.append(Gap(
-            chain=f"backup {c.backup.id}", missing=c.missing, after=run_end[id(c.run)], beyond=[x.name for x in beyond],
+            chain=f"backup {c.backup.id}", missing=c.missing, after=run_end[id(c.run)], beyond=beyond_names,
             state=classify([x.pushed for x in beyond if x.pushed], catalog.now, catalog.gap_grace) if beyond else "gap",
-            damaged=catalog.damaged_log(missing_name)))
+            damaged=catalog.damaged_log(missing_name), lost=any(name == missing_name for _, name in lost)))
     # One hole cuts every chain that runs into it: name it once, with the newest point before it.
     merged: dict[str, Gap] = {}
     for g in gaps:
