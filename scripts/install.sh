@@ -143,7 +143,8 @@ fi
 
 if [[ $repo_readable -eq 1 ]]; then
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] \
-     && (cd / && "$DRKIT_VENV/bin/python" -c "$installed_check") 2>/dev/null; then
+     && (cd / && "$DRKIT_VENV/bin/python" -c "$installed_check; assert drkit.__file__.startswith('$REPO/')") \
+        2>/dev/null; then  # ... and this checkout's drkit, not another checkout's editable install
     say "drkit already installed (editable) from $REPO"
   else
     say "pip install -e $REPO[test] (pyproject.toml, setup.py or a C source changed, or first run)"

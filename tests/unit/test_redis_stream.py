@@ -111,3 +111,19 @@ def test_chain_window_sessions_and_gaps():
     assert gap.after == datetime(2026, 11, 26, 10, 6, tzinfo=UTC)
     assert chain.covers(datetime(2026, 11, 26, 10, 0, 45, tzinfo=UTC))
     assert not chain.covers(datetime(2026, 11, 26, 10, 3, tzinfo=UTC))
+
+
+def test_a_damaged_newest_slice_blocks_the_latest_state():
+    from drkit.catalog import Catalog, Damaged
+    from drkit.dumpers.redis.chain import restore_points
+
+    t = _ms
+    slices = [_slice(100, 200, t("2026-11-26T10:00:01"), t("2026-11-26T10:00:30"), 1, t("2026-11-26T10:00:02"))]
+    tail = Damaged("logs/c/" + f"C.{200:020d}", "log", f"C.{200:020d}", "MAC mismatch")
+    pts = restore_points(Catalog("c", [_base(100)], slices, [tail]))
+    [gap] = pts.blocking_latest()
+    assert gap.missing == tail.name and gap.damaged is tail and gap.lost and gap.state == "gap"
+    assert gap.after == datetime(2026, 11, 26, 10, 0, 30, tzinfo=UTC)
+    # A damaged slice the chain already passed (an older copy, another chain) blocks nothing.
+    other = Damaged("logs/c/" + f"D.{200:020d}", "log", f"D.{200:020d}", "MAC mismatch")
+    assert restore_points(Catalog("c", [_base(100)], slices, [other])).blocking_latest() == []

@@ -13,6 +13,7 @@ window -- although later times are still reachable through it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -140,6 +141,16 @@ def restore_points(catalog: Catalog) -> RestorePoints:
                 after=c.intervals[-1][1], beyond=[sl.name for sl in c.unreached],
                 state=classify(pushed, catalog.now, catalog.gap_grace),
                 damaged=damaged[0] if len(damaged) == 1 else None))
+        elif c.name:
+            # A damaged slice of this chain past its last readable one: it was committed, so a
+            # latest restore that stopped before it would quietly lack its commands.
+            reached = int(c.slices[-1].metadata["end_offset"]) if c.slices else int(c.base.metadata["repl_offset"])
+            for d in catalog.damaged:
+                m = re.fullmatch(re.escape(c.name) + r"\.(\d{20})", d.name) if d.kind == "log" else None
+                if m and int(m.group(1)) >= reached:
+                    gaps.append(Gap(chain=f"chain {c.name} (base {c.base.id})", missing=d.name,
+                                    after=c.intervals[-1][1], beyond=[], state="gap", damaged=d, lost=True))
+                    break
     for d in catalog.damaged:
         if d.kind == "log" and not any(g.damaged is d for g in gaps):
             notes.append(f"log record {d.key} is damaged ({d.error}); a chain that needs it ends before it")
