@@ -2,7 +2,7 @@
 
 ``DRKIT_CRASH_AT=name[:n]`` makes the process SIGKILL itself the n-th time (default first) it
 reaches the named point.  With ``DRKIT_CRASH_ONCE=/path`` it crashes only if that file does not
-exist yet (and creates it first), so a retried command (PostgreSQL re-running archive_command)
+exist yet (and creates it first), so a retried command (a datastore re-running a failed archive command)
 succeeds the second time.  Unset (the normal case) this costs one dict lookup.
 """
 

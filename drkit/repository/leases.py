@@ -8,7 +8,7 @@ is stale and may be taken over, and so is one whose holder process is gone from 
 Object stores offer no compare-and-swap on overwrite, so exclusivity is eventual: two processes
 starting in the same instant can both write a lease, the later write wins, and the other finds
 out at its next renewal and must stop (:class:`LeaseLost`).  What a lease protects must therefore
-also be safe against a short overlap -- for ``redis follow``, slice names are deterministic and a
+also be safe against a short overlap -- for a follower, log slice names are deterministic and a
 conflicting slice is refused (``LogConflict``), so an overlap fails loudly, never silently.
 
 A lease object that does not open or parse (a flipped byte, a truncated write) is *stale*, not

@@ -93,8 +93,8 @@ class Manifest:
     part order; each carries ``meta["part"]`` when the backup has parts), so a reader that knows
     nothing of parts reads a multi-part backup's streams as before.  ``parts``, ``parent``,
     ``provides`` and ``partial`` are stored from format version 2 on; a version-1 manifest reads
-    back with ``parts == []``, ``parent`` from its metadata where a dumper recorded one (Redis AOF
-    increments), and ``provides == []`` (not recorded: the dumper's restore points decide).
+    back with ``parts == []``, ``parent`` from its metadata where a dumper recorded one (e.g. an
+    incremental that names its base), and ``provides == []`` (not recorded: the dumper's restore points decide).
     """
 
     id: str

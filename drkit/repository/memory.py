@@ -7,7 +7,7 @@
   and once 257 MiB under load with the default, a steady 137 MiB with two arenas.
 * Chunk-sized buffers from the heap, not from mmap.  Above the mmap threshold every buffer is a
   fresh mapping whose pages the kernel faults in and zeroes on first touch, and unmaps on free:
-  for a 1.8 GB Redis restore that was ~0.5 CPU s of page faults in the thread that sets the pace.
+  for a 1.8 GB restore (measured with the snapshot dumper) that was ~0.5 CPU s of page faults in the thread that sets the pace.
   A fixed 8 MiB threshold and a 32 MiB trim threshold keep those buffers reused (peak RSS of the
   restore: +~5 MB).
 Called once before the threads start; a no-op where there is no glibc.

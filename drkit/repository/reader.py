@@ -47,9 +47,9 @@ def fetch_chunk(repo: Repository, ref: list, *, fallback: bool = True, rehash: b
 
 def _background() -> None:
     """Run this fetch thread at a lower CPU priority (nice + 5) than the thread that consumes
-    the stream.  The consumer (RDB rewrite, tar extraction) is serial and sets the pace; with four
+    the stream.  The consumer (a dumper's rewrite, tar extraction) is serial and sets the pace; with four
     fetch threads at equal priority on a two-core machine the scheduler gave it well under a
-    core.  Measured on a 1.8 GB Redis restore: 5.45-5.58 s (3 runs) against 5.51-8.78 s."""
+    core.  Measured on a 1.8 GB snapshot restore: 5.45-5.58 s (3 runs) against 5.51-8.78 s."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 5))

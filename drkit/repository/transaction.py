@@ -118,7 +118,22 @@ class _Streams:
         return getattr(self._session, name)
 
 
-class Part:
+class _WritesStreams:
+    """``write_stream`` / ``write_chunks`` into ``self.session`` (a part's, or the backup's own)."""
+
+    session: _Streams
+
+    def write_stream(self, name: str, reader: IO[bytes], meta: dict | None = None,
+                     progress: Callable[[int], None] | None = None) -> StreamRef:
+        """Store one stream (of the part, or of the backup outside any part)."""
+        return self.session.write_stream(name, reader, meta, progress)
+
+    def write_chunks(self, name: str, chunks: Iterable[bytes | bytearray], meta: dict | None = None,
+                     progress: Callable[[int], None] | None = None) -> StreamRef:
+        return self.session.write_chunks(name, chunks, meta, progress)
+
+
+class Part(_WritesStreams):
     """One part of a backup, written by this process.  Obtain with :meth:`BackupTransaction.part`."""
 
     def __init__(self, txn: BackupTransaction, name: str, host: str) -> None:
@@ -146,14 +161,6 @@ class Part:
     def _check_open(self) -> None:
         if self.state != "open":
             raise DrkitError(f"part {self.name} of backup {self.txn.id} is already {self.state}")
-
-    def write_stream(self, name: str, reader: IO[bytes], meta: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> StreamRef:
-        return self.session.write_stream(name, reader, meta, progress)
-
-    def write_chunks(self, name: str, chunks: Iterable[bytes | bytearray], meta: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> StreamRef:
-        return self.session.write_chunks(name, chunks, meta, progress)
 
     def finish(self, status: str = "ok", metadata: dict[str, Any] | None = None,
                started: datetime | None = None, finished: datetime | None = None) -> PartRecord:
@@ -193,7 +200,7 @@ class Part:
             self._session._session.close()
 
 
-class BackupTransaction:
+class BackupTransaction(_WritesStreams):
     """One backup being written; see the module documentation."""
 
     def __init__(self, repo: Repository, source: str, datastore: str, type: str,  # noqa: A002
@@ -243,15 +250,6 @@ class BackupTransaction:
         if self._session is None:
             self._session = _Streams(self.repo.session(), self.streams.append)
         return self._session
-
-    def write_stream(self, name: str, reader: IO[bytes], meta: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> StreamRef:
-        """Store one stream of the backup (outside any part)."""
-        return self.session.write_stream(name, reader, meta, progress)
-
-    def write_chunks(self, name: str, chunks: Iterable[bytes | bytearray], meta: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> StreamRef:
-        return self.session.write_chunks(name, chunks, meta, progress)
 
     # -- parts -----------------------------------------------------------------------------
     def part(self, name: str, *, host: str | None = None) -> Part:

@@ -11,6 +11,7 @@ plan removes is computed from the dumper's restore points (:mod:`drkit.retention
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,23 +138,27 @@ def _delete(repo: Repository, lease: leases.Lease, res: SourceResult) -> None:
     # The decision is committed first: holes it leaves are then told apart from damage.
     leases.renew(repo, lease)
     forgotten.record(repo, res.source, lnames, mids, f"drkit forget, policy {res.policy}")
-    for i in range(0, len(mids), BATCH):
-        batch = mids[i:i + BATCH]
-        leases.renew(repo, lease)
-        failed = repo.delete_manifests(res.source, batch)
-        res.failed += failed
-        gone = set(failed)
-        res.removed_manifests += [m for m in batch if fmt.manifest_key(res.source, m) not in gone]
-    for i in range(0, len(lnames), BATCH):
-        batch = lnames[i:i + BATCH]
-        leases.renew(repo, lease)
-        failed = repo.delete_log_records(res.source, batch)
-        res.failed += failed
-        gone = set(failed)
-        res.removed_logs += [n for n in batch if fmt.log_key(res.source, n) not in gone]
+    res.removed_manifests += _in_batches(repo, lease, res, mids, repo.delete_manifests, fmt.manifest_key)
+    res.removed_logs += _in_batches(repo, lease, res, lnames, repo.delete_log_records, fmt.log_key)
     if res.failed:
         raise DrkitError(f"forget of {res.source}: {len(res.failed)} object(s) could not be deleted "
                          f"({', '.join(res.failed[:5])}); everything they are needed for is unchanged. Run forget again")
+
+
+def _in_batches(repo: Repository, lease: leases.Lease, res: SourceResult, names: list[str],
+                delete: Callable[[str, list[str]], list[str]], key: Callable[[str, str], str]) -> list[str]:
+    """Delete ``names`` of ``res.source`` BATCH at a time, renewing the lease before each batch
+    (a holder that lost it stops before deleting more); returns the names deleted and adds the
+    keys that could not be deleted to ``res.failed``."""
+    done: list[str] = []
+    for i in range(0, len(names), BATCH):
+        batch = names[i:i + BATCH]
+        leases.renew(repo, lease)
+        failed = delete(res.source, batch)
+        res.failed += failed
+        gone = set(failed)
+        done += [n for n in batch if key(res.source, n) not in gone]
+    return done
 
 
 def grace_of(text: str) -> Duration:
