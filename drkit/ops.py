@@ -9,7 +9,7 @@ from typing import Any
 
 from drkit.catalog import load_catalog
 from drkit.config import Config, EncryptionConfig
-from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
+from drkit.dumpers import LogShipment, RestoreRequest, RestoreResult, dumper_for
 from drkit.errors import ConfigError, DrkitError
 from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
@@ -40,7 +40,7 @@ def init_repository(config: Config) -> Repository:
 
 @dataclass
 class BackupResult:
-    manifest: Manifest
+    manifest: Manifest | LogShipment
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 
@@ -56,3 +57,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def install_stop_handlers(stop: threading.Event, what: str = "sealing the current slice and stopping") -> None:
+    """SIGTERM/SIGINT set ``stop`` (a long-running follower then finishes its unit of work and exits)."""
+    import logging
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        logging.getLogger("drkit").info("signal %d: %s", signum, what)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

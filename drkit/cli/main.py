@@ -87,7 +87,7 @@ def init(app: AppContext, as_json: bool) -> None:
 def backup(app: AppContext, source: str, backup_type: str | None, as_json: bool) -> None:
     """Back up SOURCE and commit it to the repository."""
     from drkit import ops
-    from drkit.dumpers import dumper_class
+    from drkit.dumpers import LogShipment, dumper_class
 
     cls = dumper_class(app.config, source)  # SOURCE's datastore first, then its backup types
     types = tuple(cls.backup_types)
@@ -97,10 +97,13 @@ def backup(app: AppContext, source: str, backup_type: str | None, as_json: bool)
                           f"{cls.datastore}); choose one of: {', '.join(types)}")
     result = ops.backup(app.config, source, backup_type)
     m = result.manifest
-    text = (
-        f"backup {m.id} of {source} ({m.type}) committed: {m.size / 1e6:.1f} MB read, "
-        f"{m.stored_bytes / 1e6:.1f} MB stored, {result.seconds:.1f} s"
-    )
+    if not isinstance(m, LogShipment):
+        text = (
+            f"backup {m.id} of {source} ({m.type}) committed: {m.size / 1e6:.1f} MB read, "
+            f"{m.stored_bytes / 1e6:.1f} MB stored, {result.seconds:.1f} s"
+        )
+    else:
+        text = f"{m.text()}, {result.seconds:.1f} s"
     emit(result.as_dict(), as_json, text)
 
 

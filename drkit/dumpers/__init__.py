@@ -48,6 +48,33 @@ class Window:
 
 
 @dataclass
+class LogShipment:
+    """What ``backup`` returns for a backup type that ships log records rather than committing a
+    manifest (e.g. an incremental of oplog slices): the records it committed, in order."""
+
+    source: str
+    type: str
+    records: list[str]
+    size: int  # bytes of log data shipped
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.records[-1] if self.records else "none"
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "type": self.type, "log_records": list(self.records),
+                "size": self.size, **self.details}
+
+    def text(self) -> str:
+        if not self.records:
+            return f"{self.type} of {self.source}: nothing new to ship"
+        span = self.records[0] if len(self.records) == 1 else f"{self.records[0]} .. {self.records[-1]}"
+        return (f"{self.type} of {self.source} committed: {len(self.records)} log record(s) ({span}), "
+                f"{self.size / 1e6:.1f} MB")
+
+
+@dataclass
 class RestoreRequest:
     source: SourceConfig
     target_dir: Path | None
@@ -106,8 +133,9 @@ class Dumper(abc.ABC):
         """Check this source's settings; raise ConfigError naming the bad field."""
 
     @abc.abstractmethod
-    def backup(self, repo: Repository, backup_type: str) -> Manifest:
-        """Take a backup of ``backup_type`` and commit its manifest; return it."""
+    def backup(self, repo: Repository, backup_type: str) -> Manifest | LogShipment:
+        """Take a backup of ``backup_type`` and commit its manifest; return it (or, for a type that
+        ships log records only, a :class:`LogShipment` naming them)."""
 
     @abc.abstractmethod
     def restore_points(self, catalog: Catalog) -> RestorePoints:

@@ -122,6 +122,12 @@ def _stale(lease: Lease, now: datetime) -> bool:
     return False
 
 
+def holder(repo: Repository, kind: str, name: str) -> Lease | None:
+    """The live holder of the lease ``kind/name``; None when there is none, or it is stale or damaged."""
+    held = read(repo, kind, name)
+    return held if held is not None and not _stale(held, repo.server_time()) else None
+
+
 def acquire(repo: Repository, kind: str, name: str, ttl: float, what: str) -> Lease:
     """Take the lease ``kind/name`` or raise :class:`LockedError` naming its live holder."""
     now = repo.server_time()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import logging
-import signal
 import tempfile
 import threading
 import time
@@ -319,10 +318,7 @@ class Follower:
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d: sealing the current slice and stopping", signum)
-        stop.set()
+    from drkit.proc import install_stop_handlers as install
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    install(stop)
 
