@@ -230,12 +230,18 @@ def _holes(catalog: Catalog, chains: list[SliceChain], fulls: list[Manifest]) ->
             after=dt_ms(prev.safe_ms()), beyond=[s.name for s in c.slices],
             state=classify(pushed, catalog.now, catalog.gap_grace),
             damaged=hole[0] if len(hole) == 1 else None))
-    if chains:
-        newest = max(chains, key=lambda o: o.last.ts)
+    # A damaged slice past everything readable was committed all the same: a latest restore that
+    # stopped before it would quietly lack its operations.
+    ends = [(c.last.ts, f"oplog slices ending {c.last_name}", dt_ms(c.safe_ms())) for c in chains]
+    ends += [(tuple(m.metadata["oplog_end"]["ts"]), f"backup {m.id}", consistent_at(m)) for m in fulls
+             if m.metadata.get("oplog") and m.metadata.get("oplog_end")]
+    if ends:
+        reach, name, when = max(ends, key=lambda e: e[0])
         for d, m in damaged:
-            if m and (int(m["s"]), int(m["i"])) > newest.last.ts and not any(g.damaged is d for g in gaps):
-                gaps.append(Gap(chain=f"oplog slices ending {newest.last_name}", missing=d.name,
-                                after=dt_ms(newest.safe_ms()), beyond=[], state="gap", damaged=d, lost=True))
+            heartbeat = ".hb" in d.name  # holds no operation: losing it shortens the window only
+            if m and not heartbeat and (int(m["s"]), int(m["i"])) >= reach and not any(g.damaged is d for g in gaps):
+                gaps.append(Gap(chain=name, missing=d.name, after=when, beyond=[], state="gap", damaged=d,
+                                lost=True))
     for d, _ in damaged:
         if not any(g.damaged is d for g in gaps):
             notes.append(f"log record {d.key} is damaged ({d.error}); a chain that needs it ends before it")

@@ -116,8 +116,8 @@ class Follower:
                         self.stop.wait(0.1)
                     cursor = self._tail(client, writer)
                 raw = _try_next(cursor)
-                if raw is not None:
-                    writer.add(raw)
+                if raw is not None and not writer.add(raw):
+                    raw = None  # the re-read newest entry a new cursor starts with: nothing new
                 if writer.pending_bytes >= writer.max_bytes:
                     self._seal(writer, None)
                 elif time.monotonic() - writer.opened >= self.slice_seconds:
@@ -153,8 +153,7 @@ class Follower:
             newest = writer.newest
             more = False
             for raw in ol.read_after(client, newest.ts if newest else None):
-                writer.add(raw)
-                more = True
+                more = writer.add(raw) or more
         except Exception:  # noqa: BLE001 - the seal goes on without extending the safe time
             return None
         return None if more else now

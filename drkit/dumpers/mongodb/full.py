@@ -89,13 +89,19 @@ def full_backup(repo: Repository, source: str, opts: MongoOptions) -> Manifest:
                 end = ol.position_of(end_raw) if end_raw is not None else start
                 if start is not None:
                     ol.check_position(client, start, "the position this backup started at")
-                window = ol.DocsReader(ol.read_after(client, start.ts if start else None, end.ts if end else None))
+                window_after = start.ts if start else None
+                if start is not None:
+                    began = ol.open_transactions_start(client, start.ts, end.ts if end else None)
+                    if began is not None:
+                        window_after = ol.just_before(began)  # a transaction open at the start, whole
+                window = ol.DocsReader(ol.read_after(client, window_after, end.ts if end else None))
                 ref = txn.write_stream(OPLOG_STREAM, window, meta={"format": "bson"})
                 ref.meta["entries"] = window.count
                 meta.update({
                     "identity": ident.as_dict(), "epoch": ident.epoch,
                     "oplog_start": start.as_dict() if start else None,
                     "oplog_end": end.as_dict() if end else None,
+                    "window_after": list(window_after) if window_after else None,
                     "window_entries": window.count,
                     # Every write acknowledged before this instant is at or before the end position.
                     "consistent_at_ms": max(end_now, end.wall_ms if end else 0),

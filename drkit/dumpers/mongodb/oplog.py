@@ -239,3 +239,36 @@ def iter_raw(fh: IO[bytes], what: str) -> Iterator[bytes]:
             raise IntegrityError(f"{what}: truncated BSON document at byte {offset}")
         offset += n
         yield head + body
+
+
+def open_transactions_start(client: Any, after: tuple[int, int], until: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The ``ts`` of the earliest first entry of the transactions that commit after ``after``
+    (up to ``until``) but began at or before it (their entries chain through ``prevOpTime``);
+    None when there are none.  A backup's window must start there for the replay to see them whole."""
+    from bson import Timestamp
+
+    cond: dict[str, Any] = {"$gt": Timestamp(*after)}
+    if until is not None:
+        cond["$lte"] = Timestamp(*until)
+    coll = oplog(client)
+    earliest: tuple[int, int] | None = None
+    for e in coll.find({"ts": cond, "prevOpTime.ts": {"$lte": Timestamp(*after), "$gt": Timestamp(0, 0)}}):
+        prev = e["prevOpTime"]["ts"]
+        while True:
+            doc = next(iter(coll.find({"ts": prev}).limit(1)), None)
+            if doc is None:
+                raise SourceError(f"a transaction committed at ts {e['ts'].time}:{e['ts'].inc} began at ts "
+                                  f"{prev.time}:{prev.inc}, which the oplog no longer holds; take the backup again")
+            up = doc.get("prevOpTime")
+            nxt = up.get("ts") if up is not None else None
+            if nxt is None or nxt == Timestamp(0, 0):
+                break
+            prev = nxt
+        first = (int(prev.time), int(prev.inc))
+        earliest = first if earliest is None else min(earliest, first)
+    return earliest
+
+
+def just_before(ts: tuple[int, int]) -> tuple[int, int]:
+    """The greatest ``ts`` value below ``ts`` (a window that starts *at* ``ts``)."""
+    return (ts[0], ts[1] - 1) if ts[1] > 0 else (ts[0] - 1, 0xFFFFFFFF)

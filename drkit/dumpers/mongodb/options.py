@@ -95,7 +95,17 @@ def make_client(uri: str, *, username: str | None = None, password: str | None =
         if tls_certificate_key_file:
             args["tlsCertificateKeyFile"] = str(tls_certificate_key_file)
     args.update(kw)
+    given = {k.lower() for k in _uri_options(uri)}
+    for name in ("serverSelectionTimeoutMS", "connectTimeoutMS", "readPreference"):
+        if name.lower() in given:  # the URI's own setting wins
+            args.pop(name, None)
     return pymongo.MongoClient(uri, **args)
+
+
+def _uri_options(uri: str) -> list[str]:
+    from urllib.parse import parse_qsl
+
+    return [k for k, _ in parse_qsl(urlsplit(uri).query)]
 
 
 def check_uri(uri: str, what: str) -> None:

@@ -263,6 +263,16 @@ class OplogApplier:
         self._closed = False
 
     # -- public ------------------------------------------------------------------------------
+    @property
+    def tolerant(self) -> bool:
+        return self._tolerant
+
+    @tolerant.setter
+    def tolerant(self, value: bool) -> None:
+        """Switch modes between sources (a restore: tolerant over a backup's window, strict after);
+        transactions still pending carry over."""
+        self._tolerant = value
+
     def apply(self, entry: Mapping[str, Any]) -> None:
         """Apply one top-level oplog entry (a transaction's entries are buffered until its commit)."""
         if self._closed:
@@ -442,6 +452,16 @@ class OplogApplier:
             self.stats.count("update")
             return
         operators = {k: v for k, v in o.items() if k != "$v"}
+        post = operators.get("$set")
+        if list(operators) == ["$set"] and isinstance(post, Mapping) and "_id" in post and post["_id"] == o2["_id"]:
+            # A whole post-image under $set, _id included: how FerretDB logs every update (it
+            # records no removed fields).  Real MongoDB never writes it ($set cannot name _id),
+            # so it is read as what it is: the document after the update -- a replacement.
+            if self._sink.replace(target, {"_id": o2["_id"]}, dict(post)):
+                self.stats.count("replace")
+            else:
+                self._missing(ctx, entry, "replacement")
+            return
         if any(k.startswith("$") for k in operators):
             if not all(k.startswith("$") for k in operators):
                 raise IntegrityError(f"oplog entry {_describe(ctx)}: update mixes operators and fields")

@@ -228,42 +228,38 @@ def create_views(client: Any, wanted: list[tuple[Collection, str]], namespaces: 
     return made
 
 
-def replay(repo: Repository, client: Any, namespaces: Namespaces, sources: list[tuple[str, Any]], *,
-           after: tuple[int, int] | None, until_ms: int | None, tolerant: bool) -> dict[str, Any]:
+def replay(repo: Repository, applier: Any, sources: list[tuple[str, Any]], *, after: tuple[int, int] | None,
+           until_ms: int | None) -> dict[str, Any]:
     """Apply the entries of ``sources`` ((what, StreamRef) in order) with ``ts > after``, in oplog
     order, stopping before the first entry whose time is past ``until_ms``."""
     import bson
 
-    from .replay import DECODE_OPTS, OplogApplier
+    from .replay import DECODE_OPTS
 
-    applier = OplogApplier(client, namespaces, tolerant=tolerant)
     applied = 0
     last_ms: int | None = None
     last_ts: tuple[int, int] | None = after
     stopped = False
-    try:
-        for what, ref in sources:
-            with open_stream(repo, ref) as fh:
-                for raw in ol.iter_raw(fh, what):
-                    entry = bson.decode(raw, codec_options=DECODE_OPTS)
-                    ts = ol.entry_ts(entry)
-                    if last_ts is not None and ts <= last_ts:
-                        if after is not None and ts <= after:
-                            continue
-                        raise IntegrityError(f"{what}: oplog entry ts {ts[0]}:{ts[1]} is not after the previous "
-                                             f"one ({last_ts[0]}:{last_ts[1]})")
-                    ms = ol.entry_ms(entry)
-                    if until_ms is not None and ms > until_ms:
-                        stopped = True
-                        break
-                    applier.apply(entry)
-                    applied += 1
-                    last_ms, last_ts = ms, ts
-            if stopped:
-                break
-    finally:
-        stats = applier.close()
-    out = {"entries_applied": applied, **stats.as_dict()}
+    for what, ref in sources:
+        with open_stream(repo, ref) as fh:
+            for raw in ol.iter_raw(fh, what):
+                entry = bson.decode(raw, codec_options=DECODE_OPTS)
+                ts = ol.entry_ts(entry)
+                if last_ts is not None and ts <= last_ts:
+                    if after is not None and ts <= after:
+                        continue
+                    raise IntegrityError(f"{what}: oplog entry ts {ts[0]}:{ts[1]} is not after the previous "
+                                         f"one ({last_ts[0]}:{last_ts[1]})")
+                ms = ol.entry_ms(entry)
+                if until_ms is not None and ms > until_ms:
+                    stopped = True
+                    break
+                applier.apply(entry)
+                applied += 1
+                last_ms, last_ts = ms, ts
+        if stopped:
+            break
+    out: dict[str, Any] = {"entries_applied": applied}
     if last_ms is not None:
         out["last_entry_ms"] = last_ms
     return out
@@ -286,19 +282,26 @@ def restore_into(repo: Repository, manifest: Manifest, slices: list[LogRecord], 
     prepare(client, cat, wanted, existing)
     counts = load_documents(repo, manifest, client, wanted, parallel)
     details: dict[str, Any] = {"documents": sum(counts.values()), "collections": len(counts)}
+    from .replay import OplogApplier
+
+    # One applier for the window and the slices: a transaction begun before the backup's end and
+    # committed after it is held across them.
+    applier = OplogApplier(client, namespaces, tolerant=True)  # type: ignore[arg-type]
     start = manifest.metadata.get("oplog_start")
+    after = manifest.metadata.get("window_after") or (start["ts"] if start else None)
     if manifest.metadata.get("oplog"):
-        w = replay(repo, client, namespaces, [(f"backup {manifest.id} oplog window", manifest.stream(OPLOG_STREAM))],
-                   after=tuple(start["ts"]) if start else None, until_ms=None, tolerant=True)
+        w = replay(repo, applier, [(f"backup {manifest.id} oplog window", manifest.stream(OPLOG_STREAM))],
+                   after=tuple(after) if after else None, until_ms=None)
         details["window_entries_applied"] = w["entries_applied"]
     details["indexes_built"] = build_indexes(client, wanted)
     if slices:
         end = manifest.metadata.get("oplog_end")
         until = int(at.timestamp() * 1000) if at is not None else None
-        r = replay(repo, client, namespaces, slice_refs(slices), after=tuple(end["ts"]) if end else None,
-                   until_ms=until, tolerant=False)
+        applier.tolerant = False  # the data is now exactly the state at the backup's end
+        r = replay(repo, applier, slice_refs(slices), after=tuple(end["ts"]) if end else None, until_ms=until)
         details["oplog_entries_applied"] = r["entries_applied"]
-        details["replay"] = {k: v for k, v in r.items() if k != "entries_applied"}
+    stats = applier.close()
+    details["replay"] = stats.as_dict()
     details["views"] = create_views(client, wanted, namespaces)
     if cat.users or cat.roles:
         details["users_and_roles"] = (f"{len(cat.users)} users and {len(cat.roles)} roles are in the backup; "

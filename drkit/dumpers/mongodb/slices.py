@@ -118,12 +118,13 @@ class SliceWriter:
         """The newest entry captured (sealed or pending)."""
         return self._last or self.position
 
-    def add(self, raw: Any) -> None:
+    def add(self, raw: Any) -> bool:
+        """Spool ``raw``; False when it was captured already (a re-read) and is skipped."""
         data = bytes(raw.raw)
         pos = ol.Position(ol.entry_ts(raw), ol.fingerprint(data), ol.entry_ms(raw))
         newest = self._last or self.position
         if newest is not None and pos.ts <= newest.ts:
-            return  # a re-read of an entry already captured
+            return False
         if self._spool is None:
             self._spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - closed in seal/discard
         self._spool.write(data)
@@ -131,6 +132,7 @@ class SliceWriter:
         self._last = pos
         self.pending_entries += 1
         self.pending_bytes += len(data)
+        return True
 
     def discard(self) -> None:
         if self._spool is not None:
