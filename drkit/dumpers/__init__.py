@@ -162,6 +162,12 @@ class Dumper(abc.ABC):
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
         """Restore a backup or a point in time as the request says."""
 
+    def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
+        """A throw-away server of this datastore started on ``workdir`` (over the restored files
+        ``restored``, where the datastore restores into a directory), for restores and drills:
+        a :class:`drkit.dumpers.scratch.Instance`.  Raises ConfigError when the dumper offers none."""
+        raise ConfigError(f"the {self.datastore} dumper offers no scratch instance yet")
+
     @classmethod
     def describe_result(cls, result: RestoreResult) -> list[str]:
         """The text lines (indented) of ``drkit restore`` for the datastore-specific facts in

@@ -417,3 +417,49 @@ def test_bad_inputs_fail_clearly_and_touch_nothing(menv: MongoEnv) -> None:
     assert into not in menv.client.list_database_names()
     v = menv.drkit("verify", check=False)
     assert v.returncode != 0 and logs[-1].name in v.stdout + v.stderr
+
+
+# -- scratch servers and standalone sources ----------------------------------------------------------
+
+def test_restore_into_a_scratch_server_in_a_directory(menv: MongoEnv) -> None:
+    menv.src.c.insert_many([{"_id": i, "v": i} for i in range(100)])
+    menv.drkit("backup", "m")
+    before = snapshot(menv.src)
+    target = menv.root / "scratch"
+    out = json.loads(menv.drkit("restore", "m", "--target-dir", str(target), "--start", "--json").stdout)
+    try:
+        restored = pymongo.MongoClient(out["url"], directConnection=True)
+        assert snapshot(restored[menv.db]) == before
+        restored.close()
+    finally:
+        os.kill(out["pid"], signal.SIGTERM)
+    # Without --start the server is stopped and its files stay; a second restore into it is refused.
+    other = menv.root / "scratch2"
+    out = json.loads(menv.drkit("restore", "m", "--target-dir", str(other), "--json").stdout)
+    assert "url" not in out and (other / "data").is_dir()
+    r = menv.drkit("restore", "m", "--target-dir", str(other), check=False)
+    assert r.returncode != 0 and "not empty" in r.stderr
+
+
+def test_standalone_server_gets_full_backups_and_incrementals_explain(tmp_path: Path, menv: MongoEnv) -> None:
+    from drkit.sandbox.mongodb import start_mongodb
+
+    server = start_mongodb(tmp_path / "standalone")
+    try:
+        c = pymongo.MongoClient(server.url)
+        c.local.drop_collection("oplog.rs")  # no oplog: what a standalone mongod looks like
+        c.solo.c.insert_many([{"_id": i} for i in range(20)])
+        cfg = yaml.safe_load(menv.config.read_text())
+        cfg["sources"]["m"] = {"type": "mongodb", "uri": server.url, "include": ["solo"]}
+        menv.config.write_text(yaml.safe_dump(cfg))
+        out = json.loads(menv.drkit("backup", "m", "--json").stdout)
+        assert out["metadata"]["consistent"] is False and out["metadata"]["documents"] == 20
+        r = menv.drkit("backup", "m", "--type", "incremental", check=False)
+        assert r.returncode == 2 and "no oplog" in r.stderr
+        r = menv.drkit("mongodb", "follow", "m", "--duration", "2", check=False)
+        assert r.returncode == 2 and "no oplog" in r.stderr
+        menv.drkit("restore", "m", "--to", server.url, "--ns-from", "solo.*", "--ns-to", "solo_r.*")
+        assert snapshot(c.solo_r) == snapshot(c.solo)
+        c.close()
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from drkit.catalog import Catalog, RestorePoints, check_present
 from drkit.dumpers import Dumper, LogShipment, RestoreRequest, RestoreResult
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.dumpers.options import OptionSpec
+from drkit.dumpers.scratch import Instance
 from drkit.errors import BackupNotFound, ConfigError, OutsideWindow
 from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import iso
@@ -117,12 +119,15 @@ class MongoDumper(Dumper):
         t0 = time.monotonic()
         opts = request.options
         to = opts.get("to")
-        if not to:
-            raise ConfigError("give --to mongodb://host:port/ (a running server to restore into)")
-        check_uri(to, "--to")
-        if request.target_dir is not None or request.start:
-            raise ConfigError("a MongoDB restore goes into a running server (--to); --target-dir/--start do not "
-                              "apply")
+        if to and request.target_dir is not None:
+            raise ConfigError("give --to URI (a running server) or --target-dir DIR (a new scratch server), not both")
+        if not to and request.target_dir is None:
+            raise ConfigError("give --to mongodb://host:port/ (a running server to restore into), or --target-dir DIR "
+                              "(drkit starts a scratch server on DIR and restores into it; --start leaves it running)")
+        if to:
+            check_uri(to, "--to")
+            if request.start:
+                raise ConfigError("--start applies to --target-dir restores; --to restores into a running server")
         pw_env = opts.get("to_password_env")
         if pw_env and os.environ.get(pw_env) is None:
             raise ConfigError(f"--to-password-env {pw_env}: the environment variable {pw_env} is not set")
@@ -137,8 +142,22 @@ class MongoDumper(Dumper):
         check_present(repo, [(f"backup {plan.base.id} {st.name}", st) for st in plan.base.streams]
                       + [(f"oplog slice {s.name}", s.stream) for s in slices])
         phases = {"plan": time.monotonic() - t0}
+        server = None
+        if to is None:
+            from drkit.dumpers.targets import clear_target, prepare_target
+
+            assert request.target_dir is not None
+            prepare_target(request.target_dir)
+            t1 = time.monotonic()
+            try:
+                server = self.scratch(request.target_dir)
+            except BaseException:
+                clear_target(request.target_dir)
+                raise
+            phases["start"] = time.monotonic() - t1
+            to = server.url
         t1 = time.monotonic()
-        user = _uri_user(to) or self.options.username
+        user = _uri_user(to) or (self.options.username if pw_env else None)
         client = make_client(to, username=None if _uri_user(to) else user,
                              password=os.environ.get(pw_env) if pw_env else None, timeout=30)
         try:
@@ -147,17 +166,39 @@ class MongoDumper(Dumper):
                 details = restore_into(repo, plan.base, slices, client, to, namespaces=namespaces,
                                        drop=bool(opts.get("drop")), at=at if slices else None,
                                        parallel=self.options.parallel)
+        except BaseException:
+            if server is not None:
+                from drkit.dumpers.targets import clear_target
+
+                server.stop()
+                assert request.target_dir is not None
+                clear_target(request.target_dir)
+            raise
         finally:
             client.close()
         phases["restore"] = time.monotonic() - t1
         details.update({"restored_to": iso(at), "base_consistent_at": iso(consistent_at(plan.base)),
                         "slices_read": len(slices)})
-        return RestoreResult(self.source.name, plan.base.id, None, at, phases, details, into=to)
+        if server is not None:
+            details["server"] = server.kind
+            if request.start:
+                details.update({"url": server.url, "pid": server.pids[0]})
+            else:
+                server.stop()
+                details["stopped"] = f"the {server.kind} data files are in {request.target_dir / 'data'}"
+        return RestoreResult(self.source.name, plan.base.id, request.target_dir, at, phases, details,
+                             into=None if server is not None and not request.start else to)
+
+    def scratch(self, workdir: Path, restored: Path | None = None) -> Instance:
+        from .scratch import scratch
+
+        return scratch(workdir)
 
     @classmethod
     def describe_result(cls, result: RestoreResult) -> list[str]:
         d = result.details
-        lines = [f"  documents restored: {d.get('documents', 0)} in {d.get('collections', 0)} collections; "
+        lines = [f"  serving at {d['url']} (pid {d['pid']}, {d.get('server')})"] if d.get("url") else []
+        lines += [f"  documents restored: {d.get('documents', 0)} in {d.get('collections', 0)} collections; "
                  f"indexes built: {d.get('indexes_built', 0)}"]
         if d.get("oplog_entries_applied") is not None:
             lines.append(f"  oplog entries replayed: {d['oplog_entries_applied']} from {d.get('slices_read', 0)} "

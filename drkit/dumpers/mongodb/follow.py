@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from drkit.errors import ChainBroken, DrkitError, SourceError
+from drkit.errors import ChainBroken, ConfigError, SourceError
 from drkit.repository import Repository, leases
 
 from . import oplog as ol
@@ -95,7 +95,7 @@ class Follower:
 
     def _follow(self, client: Any, deadline: float | None) -> None:
         if not ol.has_oplog(client):
-            raise DrkitError(f"MongoDB at {self.opts.url} has no oplog (a standalone server): there is nothing to "
+            raise ConfigError(f"MongoDB at {self.opts.url} has no oplog (a standalone server): there is nothing to "
                              "follow; run it as a replica set (even of one member), or take full backups only")
         resume = resume_point(self.repo, self.source)
         if resume is None:
