@@ -463,3 +463,56 @@ def test_standalone_server_gets_full_backups_and_incrementals_explain(tmp_path: 
         c.close()
     finally:
         server.stop()
+
+
+def test_forget_is_chain_aware(menv: MongoEnv) -> None:
+    db = menv.src
+    db.c.insert_one({"_id": 0})
+    menv.drkit("backup", "m")
+    db.c.insert_one({"_id": 1})
+    menv.drkit("backup", "m", "--type", "incremental")
+    db.c.insert_one({"_id": 2})
+    newest = json.loads(menv.drkit("backup", "m", "--json").stdout)["id"]
+    db.c.insert_one({"_id": 3})
+    menv.drkit("backup", "m", "--type", "incremental")
+    t = mark()
+    state = snapshot(db)
+    db.c.insert_one({"_id": 4})
+    menv.drkit("backup", "m", "--type", "incremental")
+    out = json.loads(menv.drkit("forget", "m", "--keep-last", "1", "--min-fulls", "1", "--grace", "0",
+                                "--json").stdout)
+    listing = menv.list()
+    assert [b["id"] for b in listing["backups"]] == [newest], out
+    assert not listing["gaps"] and not listing["damaged"]
+    slices = [c["slices"] for c in listing["oplog_chains"]]
+    assert slices == [2], listing["oplog_chains"]  # the slice before the kept full went with the old full
+    into = menv.target("pit")
+    menv.restore("--point-in-time", iso(t), into=into)
+    assert snapshot(menv.client[into]) == state
+    into = menv.target("latest")
+    menv.restore(into=into)
+    assert snapshot(menv.client[into]) == snapshot(db)
+
+
+def test_a_restore_that_fails_midway_leaves_no_half_restored_data(menv: MongoEnv) -> None:
+    from drkit import ops
+    from drkit.config import load_config
+    from drkit.repository.format import pack_key
+
+    db = menv.src
+    db.a.insert_many([{"_id": i, "pad": "a" * 200} for i in range(500)])
+    db.b.insert_many([{"_id": i, "pad": "b" * 200} for i in range(500)])
+    backup = json.loads(menv.drkit("backup", "m", "--json").stdout)["id"]
+    repo = ops.open_repository(load_config(menv.config))
+    manifest = repo.get_manifest(backup, "m")
+    chunk = manifest.stream(f"data/{menv.db}/b").chunks[-1]
+    others = {c[1] for s in manifest.streams if s.name != f"data/{menv.db}/b" for c in s.chunks}
+    assert chunk[1] not in others  # b's data has a pack of its own (its reader part's)
+    pack = menv.root / "repo" / pack_key(chunk[1])
+    data = bytearray(pack.read_bytes())
+    data[int(chunk[2]) + int(chunk[3]) // 2] ^= 0x01  # inside b's last chunk: found only when read
+    pack.write_bytes(bytes(data))
+    into = menv.target("half")
+    r = menv.restore(into=into, check=False)
+    assert r.returncode == 5, r.stderr
+    assert menv.client[into].list_collection_names() == []  # what it wrote is gone again

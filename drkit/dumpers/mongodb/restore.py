@@ -279,6 +279,30 @@ def restore_into(repo: Repository, manifest: Manifest, slices: list[LogRecord], 
         raise DrkitError(f"backup {manifest.id} holds no collection the namespace options select "
                          f"(it holds {', '.join(sorted(cat.databases)) or 'nothing'})")
     existing = check_target(client, wanted, drop, where)
+    before = {db: set(client[db].list_collection_names()) for db in {_split(t)[0] for _, t in wanted}}
+    try:
+        return _restore(repo, manifest, slices, client, cat, wanted, existing, namespaces, at, parallel)
+    except BaseException:
+        _undo(client, wanted, before)
+        raise
+
+
+def _undo(client: Any, wanted: list[tuple[Collection, str]], before: dict[str, set[str]]) -> None:
+    """After a failed restore: drop what it wrote -- the wanted targets (empty, absent or replaced
+    with --drop before it) and collections the replay created -- so no half-restored data stays."""
+    for db in {_split(t)[0] for _, t in wanted}:
+        try:
+            now = set(client[db].list_collection_names())
+            for name in sorted(now - before.get(db, set()) | {_split(t)[1] for c, t in wanted if _split(t)[0] == db}):
+                if name in now and not name.startswith("system."):
+                    client[db].drop_collection(name)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            log.warning("could not remove the partial restore from %s: %s", db, _msg(exc))
+
+
+def _restore(repo: Repository, manifest: Manifest, slices: list[LogRecord], client: Any, cat: BackupCatalog,
+             wanted: list[tuple[Collection, str]], existing: list[str], namespaces: Any, at: datetime | None,
+             parallel: int) -> dict[str, Any]:
     prepare(client, cat, wanted, existing)
     counts = load_documents(repo, manifest, client, wanted, parallel)
     details: dict[str, Any] = {"documents": sum(counts.values()), "collections": len(counts)}
