@@ -40,10 +40,17 @@ class MongoEnv:
     db: str
     client: pymongo.MongoClient
 
+    password: str | None = None  # an external server's ($DRKIT_TEST_MONGO_URL), never in a URI drkit sees
+
     def drkit(self, *args: str, check: bool = True, timeout: float = 300,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        if self.password and args and args[0] == "restore" and "--to" in args:
+            args = (*args, "--to-password-env", PW_ENV)
+        extra = {PW_ENV: self.password} if self.password else {}
         proc = subprocess.run([DRKIT, "--config", str(self.config), *args], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})})
+                              timeout=timeout, env={**os.environ, **extra, **(env or {})})
+        if self.password:
+            assert self.password not in proc.stdout + proc.stderr
         if check and proc.returncode != 0:
             raise AssertionError(f"drkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -65,6 +72,20 @@ class MongoEnv:
         return json.loads(self.drkit("list", "m", "--json").stdout)[0]
 
 
+PW_ENV = "DRKIT_TEST_MONGO_PW"
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """An external test server's URI without its user and password (drkit refuses a password in a URI)."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None, None
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host)), unquote(parts.username or ""), unquote(parts.password)
+
+
 def snapshot(db: pymongo.database.Database) -> dict[str, list[bytes]]:
     """Every collection's documents as raw BSON, by _id order."""
     raw = db.client.get_database(db.name, codec_options=RAW)
@@ -79,13 +100,17 @@ def menv(mongodb_server) -> Iterator[MongoEnv]:
     key = root / "master.key"
     key.write_bytes(os.urandom(32).hex().encode())
     config = root / "drkit.yaml"
+    url, user, password = split_credentials(mongodb_server.url)
+    source = {"type": "mongodb", "uri": url, "include": [db], "parallel": 2}
+    if password:
+        source.update({"username": user, "password_env": PW_ENV})
     config.write_text(yaml.safe_dump({
         "repository": {"url": f"file://{root / 'repo'}"},
         "encryption": {"key_file": str(key)},
-        "sources": {"m": {"type": "mongodb", "uri": mongodb_server.url, "include": [db], "parallel": 2}},
+        "sources": {"m": source},
     }))
     client = pymongo.MongoClient(mongodb_server.url, tz_aware=True)
-    env = MongoEnv(root, config, mongodb_server.url, db, client)
+    env = MongoEnv(root, config, url if not password else url.replace("://", f"://{user}@", 1), db, client, password)
     env.drkit("init")
     try:
         yield env
