@@ -119,12 +119,12 @@ class Follower:
                 if raw is not None and not writer.add(raw):
                     raw = None  # the re-read newest entry a new cursor starts with: nothing new
                 if writer.pending_bytes >= writer.max_bytes:
-                    self._seal(writer, None)
+                    self._seal(writer, None, client)
                 elif time.monotonic() - writer.opened >= self.slice_seconds:
                     # Idle now: the safe time reaches the clock; busy: the last entry's time.
-                    self._seal(writer, self._idle_safe(client, writer) if raw is None else None)
+                    self._seal(writer, self._idle_safe(client, writer) if raw is None else None, client)
                 self._renew()
-            self._seal(writer, self._idle_safe(client, writer))
+            self._seal(writer, self._idle_safe(client, writer), client)
         finally:
             if cursor is not None:
                 cursor.close()
@@ -158,7 +158,13 @@ class Follower:
             return None
         return None if more else now
 
-    def _seal(self, writer: SliceWriter, safe_ms: int | None) -> None:
+    def _seal(self, writer: SliceWriter, safe_ms: int | None, client: Any = None) -> None:
+        if client is not None and ol.identity(client).epoch != writer.ident.epoch:
+            # The server restarted (its ts counter may have too) or was replaced under a live
+            # connection: seal nothing of this run's spool, start over from the sealed position
+            # (checked against the oplog again) under the new epoch.
+            writer.discard()
+            raise SourceError(f"the server at {self.opts.url} restarted or changed")
         had = writer.pending_entries
         rec = writer.seal(safe_ms)
         if rec is not None and not had:
