@@ -48,6 +48,18 @@ class Window:
 
 
 @dataclass
+class Shipping:
+    """How a datastore's commits reach the repository between backups (for ``schedule lint``)."""
+
+    # Worst-case seconds of commits not yet in the repository while continuous shipping runs
+    # (archiving, a follower); None: no continuous shipping, or not bounded.
+    interval: float | None
+    how: str  # the arithmetic, in words
+    fix: str = ""  # how to shorten it
+    cron_incremental: bool = False  # 'backup --type incremental' is a real backup a schedule can run
+
+
+@dataclass
 class LogShipment:
     """What ``backup`` returns for a backup type that ships log records rather than committing a
     manifest (e.g. an incremental of oplog slices): the records it committed, in order."""
@@ -161,6 +173,12 @@ class Dumper(abc.ABC):
     @abc.abstractmethod
     def restore(self, repo: Repository, request: RestoreRequest) -> RestoreResult:
         """Restore a backup or a point in time as the request says."""
+
+    def shipping(self, live: bool = True) -> Shipping:
+        """How commits reach the repository between backups; ``live``: the server may be asked
+        for its settings (a failure to reach it is not an error: the configured values count)."""
+        return Shipping(None, f"the {self.datastore} dumper ships no log continuously", "",
+                        "incremental" in self.backup_types)
 
     def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
         """A throw-away server of this datastore started on ``workdir`` (over the restored files

@@ -395,3 +395,43 @@ def test_full_of_an_empty_oplog_continues_into_slices_from_the_oplog_start():
     rng = next(p for p in rp.points if p.kind == "range")
     assert (rng.start, rng.end, list(rng.logs)) == (at(5), at(20), [t1.name])
     assert rp.gaps == [] and rp.notes == []
+
+
+# -- holes next to full backups (found in review) ------------------------------------------------------
+
+def test_missing_first_slice_after_a_full_is_a_gap_blocking_the_latest_state():
+    f, (_s1, s2, s3) = chain3()
+    points = restore_points(catalog([f], [s2, s3]))
+    assert len(points.gaps) == 1
+    gap = points.gaps[0]
+    assert gap.chain == "backup F1" and gap.beyond == names([s2, s3]) and gap.state == "gap"
+    assert gap.after == at(10.5)
+    assert points.blocking_latest() == [gap]
+    assert not any("no restore can reach" in n for n in points.notes)
+
+
+def test_damaged_first_slice_after_a_full_is_the_gap_it_names():
+    f, (s1, s2, s3) = chain3()
+    d = damaged_log(s1.name)
+    points = restore_points(catalog([f], [s2, s3], damaged=[d]))
+    assert [g.damaged for g in points.gaps] == [d]
+    assert points.blocking_latest()
+
+
+def test_a_later_full_inside_the_chain_past_a_hole_keeps_the_latest_state_reachable():
+    f1 = full("F1", pos(10), 10.5)
+    s1 = piece(pos(10), pos(11), pos(20))
+    s3 = piece(pos(30), pos(31), pos(40), safe_k=41)
+    f2 = full("F2", pos(35), 36)
+    points = restore_points(catalog([f1, f2], [s1, s3]))
+    assert not points.blocking_latest()
+    assert points.newest_safe_time() == at(41)
+
+
+def test_a_full_inside_the_first_slice_gives_no_unreachable_note():
+    f2 = full("F2", pos(25), 26)
+    s2 = piece(pos(20), pos(21), pos(30))
+    s3 = piece(pos(30), pos(31), pos(40), safe_k=41)
+    points = restore_points(catalog([f2], [s2, s3]))
+    assert not points.notes and not points.gaps
+    assert points.newest_safe_time() == at(41)

@@ -143,7 +143,7 @@ def test_bad_read_preference_names_the_field_the_choices_and_the_value():
     ("rec$ords", "'rec$ords'"),
     (".orders", "no database part"),
     ("records.", "empty collection part"),
-    ("", "empty namespace pattern"),
+    ("", "non-empty string"),
     ("my db.orders", "character MongoDB refuses"),
 ])
 def test_bad_namespace_pattern_in_include_is_refused(pattern, said):

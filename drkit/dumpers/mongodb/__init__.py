@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from drkit.catalog import Catalog, RestorePoints, check_present
-from drkit.dumpers import Dumper, LogShipment, RestoreRequest, RestoreResult
+from drkit.dumpers import Dumper, LogShipment, RestoreRequest, RestoreResult, Shipping
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.dumpers.options import OptionSpec
 from drkit.dumpers.scratch import Instance
@@ -188,6 +188,11 @@ class MongoDumper(Dumper):
                 details["stopped"] = f"the {server.kind} data files are in {request.target_dir / 'data'}"
         return RestoreResult(self.source.name, plan.base.id, request.target_dir, at, phases, details,
                              into=None if server is not None and not request.start else to)
+
+    def shipping(self, live: bool = True) -> Shipping:
+        s = self.options.slice_seconds
+        return Shipping(s + 1.0, f"'drkit mongodb follow' seals a slice every {s:g} s (slice_seconds) and commits it "
+                        "within about a second", "lower slice_seconds (or --slice-seconds)", cron_incremental=True)
 
     def scratch(self, workdir: Path, restored: Path | None = None) -> Instance:
         from .scratch import scratch

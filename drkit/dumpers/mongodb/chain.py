@@ -205,29 +205,33 @@ def _holes(catalog: Catalog, chains: list[SliceChain], fulls: list[Manifest]) ->
     gaps: list[Gap] = []
     notes: list[str] = []
     damaged = [(d, _NAME.match(d.name)) for d in catalog.damaged if d.kind == "log"]
+    ends_of_fulls = [(m, _pos(m.metadata.get("oplog_end"))) for m in fulls if m.metadata.get("oplog")]
     for c in chains:
         start = c.start
-        if start is None or _key(start) in full_ends:
+        if start is None or _key(start) in full_ends or not c.slices:
             continue
-        before = [o for o in chains if o is not c and o.uuid == c.uuid and o.last.ts < start.ts]
-        if any(f and start.ts >= (int(f["s"]), int(f["i"])) > max((o.last.ts for o in before), default=(-1, -1))
-               for f in forgotten):
+        if any(_uuid(m.metadata) == c.uuid and c.covers_position(e) for m, e in ends_of_fulls):
+            continue  # a full backup reaches into this chain: its newest state is reachable
+        # What ends before it: earlier slice chains and full backups of the same oplog.
+        before: list[tuple[tuple[int, int], str, datetime]] = [
+            (o.last.ts, f"oplog slices ending {o.last_name}", dt_ms(o.safe_ms()))
+            for o in chains if o is not c and o.uuid == c.uuid and o.last.ts < start.ts]
+        before += [(e.ts, f"backup {m.id}", consistent_at(m)) for m, e in ends_of_fulls
+                   if e is not None and _uuid(m.metadata) == c.uuid and e.ts < start.ts]
+        reach = max((b[0] for b in before), default=(-1, -1))
+        if any(f and start.ts >= (int(f["s"]), int(f["i"])) > reach for f in forgotten):
             continue  # retention removed the slices before it on purpose: a chain end, not a gap
         if not before:
-            if not c.slices:
-                continue
             notes.append(f"oplog slices {c.name} .. {c.last_name} start at ts {start.ts[0]}:{start.ts[1]}, "
                          "after no full backup or earlier slice of this oplog: no restore can reach them")
             continue
-        if not c.slices:
-            continue  # heartbeats after a position no backup or slice ends at: nothing to reach
-        prev = max(before, key=lambda o: o.last.ts)
-        hole = [d for d, m in damaged if m and prev.last.ts < (int(m["s"]), int(m["i"])) <= start.ts]
+        prev_ts, prev_name, prev_time = max(before, key=lambda b: b[0])
+        hole = [d for d, m in damaged if m and prev_ts < (int(m["s"]), int(m["i"])) <= start.ts]
         pushed = [parse_iso(s.pushed) for s in c.slices if s.pushed]
         gaps.append(Gap(
-            chain=f"oplog slices ending {prev.last_name}",
-            missing=f"the oplog entries after ts {prev.last.ts[0]}:{prev.last.ts[1]} up to ts {start.ts[0]}:{start.ts[1]}",
-            after=dt_ms(prev.safe_ms()), beyond=[s.name for s in c.slices],
+            chain=prev_name,
+            missing=f"the oplog entries after ts {prev_ts[0]}:{prev_ts[1]} up to ts {start.ts[0]}:{start.ts[1]}",
+            after=prev_time, beyond=[s.name for s in c.slices],
             state=classify(pushed, catalog.now, catalog.gap_grace),
             damaged=hole[0] if len(hole) == 1 else None))
     # A damaged slice past everything readable was committed all the same: a latest restore that

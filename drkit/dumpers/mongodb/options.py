@@ -96,7 +96,7 @@ def make_client(uri: str, *, username: str | None = None, password: str | None =
             args["tlsCertificateKeyFile"] = str(tls_certificate_key_file)
     args.update(kw)
     given = {k.lower() for k in _uri_options(uri)}
-    for name in ("serverSelectionTimeoutMS", "connectTimeoutMS", "readPreference"):
+    for name in ("serverSelectionTimeoutMS", "connectTimeoutMS", "readPreference", "appname"):
         if name.lower() in given:  # the URI's own setting wins
             args.pop(name, None)
     return pymongo.MongoClient(uri, **args)
@@ -111,12 +111,15 @@ def _uri_options(uri: str) -> list[str]:
 def check_uri(uri: str, what: str) -> None:
     """A ``mongodb://`` or ``mongodb+srv://`` URI without a password."""
     try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        parts = urlsplit(uri)  # a replica set's URI lists several host:port: no single port to check
     except ValueError:
         raise ConfigError(f"{what} is not a valid mongodb:// URI") from None
     if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc:
         raise ConfigError(f"{what} must look like mongodb://host:port/?replicaSet=NAME")
+    for host in parts.netloc.rpartition("@")[2].split(","):  # a replica set's URI lists several host:port
+        name, _, port = host.rpartition(":") if ":" in host and not host.endswith("]") else (host, "", "")
+        if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ConfigError(f"{what} is not a valid mongodb:// URI (bad host or port {host!r})")
     if parts.password is not None or ":" in (parts.netloc.rpartition("@")[0] or ""):
         raise ConfigError(f"{what} must not contain a password: use password_env or password_file "
                           "(a password in the URI would appear in process arguments and messages)")
@@ -139,5 +142,8 @@ def parse_options(source: str, raw: dict[str, Any]) -> MongoOptions:
     assert opts is not None
     from .namespaces import Namespaces
 
-    Namespaces(opts.include, opts.exclude)  # bad patterns are configuration errors now, not at backup
+    try:
+        Namespaces(opts.include, opts.exclude)  # bad patterns are configuration errors now, not at backup
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.include / {where}.exclude: {exc}") from None
     return opts

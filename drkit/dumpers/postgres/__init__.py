@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from drkit.catalog import Catalog, RestorePoints, check_present
-from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
+from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Shipping
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.dumpers.options import OptionSpec
 from drkit.errors import BackupNotFound, ConfigError, DrkitError, OutsideWindow
@@ -73,6 +73,26 @@ class PostgresDumper(Dumper):
         from .objects import source_objects
 
         return source_objects(repo, self.source.name)
+
+    def shipping(self, live: bool = True) -> Shipping:
+        """WAL archiving: a segment is archived when it is full, or after archive_timeout."""
+        fix = "set archive_timeout = 60 in postgresql.conf (worst case then about 70 s)"
+        if not live:
+            return Shipping(None, "archive_timeout unknown (the server was not asked)", fix)
+        from drkit.errors import DrkitError
+
+        from .server import server_facts
+
+        try:
+            text = str(server_facts(self.options)["archive_timeout"])
+        except DrkitError as exc:
+            return Shipping(None, f"archive_timeout unknown: the server did not answer ({exc})", fix)
+        secs = _setting_seconds(text)
+        if not secs:
+            return Shipping(None, "archive_timeout = 0: a WAL segment is archived only once it is full (16 MB of "
+                            "WAL), which on a quiet database can take hours or days", fix)
+        return Shipping(secs + 10.0, f"archive_timeout = {text}: a segment is archived at the latest "
+                        f"{secs:g} s after its first write, plus about 10 s for wal-push", fix)
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         names = repo.list_log_names(self.source.name)
@@ -258,3 +278,14 @@ def _check_replayed(lsn: str | None, min_segno: int | None, backup: Manifest, re
             f"{request.target_dir} is missing transactions -- do not use it. See its log "
             "drkit-restore.log and run 'drkit verify'."
         )
+
+
+def _setting_seconds(text: str) -> float:
+    """A PostgreSQL time setting as SHOW prints it ('60s', '1min', '0', '2h') in seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|min|h|d)?\s*", text)
+    if not m:
+        return 0.0
+    unit = {"ms": 0.001, "s": 1, None: 1, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return int(m.group(1)) * unit

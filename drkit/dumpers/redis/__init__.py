@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from drkit.catalog import Catalog, RestorePoints, check_present
-from drkit.dumpers import Dumper, RestoreRequest, RestoreResult
+from drkit.dumpers import Dumper, RestoreRequest, RestoreResult, Shipping
 from drkit.dumpers.latest import past_gap, wait_out_in_flight
 from drkit.dumpers.options import OptionSpec
 from drkit.errors import BackupNotFound, ConfigError, OutsideWindow
@@ -185,6 +185,12 @@ class RedisDumper(Dumper):
             r.clear_target(request.target_dir)
             raise
         return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
+
+    def shipping(self, live: bool = True) -> Shipping:
+        s = self.options.slice_seconds
+        return Shipping(s + 1.0, f"'drkit redis follow' seals a slice of the command stream every {s:g} s "
+                        "(slice_seconds) and commits it within about a second", "lower slice_seconds",
+                        cron_incremental=bool(self.options.data_dir))
 
     @classmethod
     def describe_result(cls, result: RestoreResult) -> list[str]:
