@@ -126,4 +126,5 @@ EXIT_CODES: dict[str, int] = {
     "datastore unreachable or refused": SourceError.exit_code,
     "backup not found": BackupNotFound.exit_code,
     "conflicting log segment": LogConflict.exit_code,
+    "objective missed (a policy or drill does not meet its RPO/RTO target)": 13,
 }

@@ -336,6 +336,9 @@ cli.add_command(prune_command)
 from drkit.cli.upgrade import repository  # noqa: E402 - drkit repository upgrade
 
 cli.add_command(repository)
+from drkit.cli.schedule import schedule  # noqa: E402 - drkit/cli/schedule.py
+
+cli.add_command(schedule)
 
 
 def _register_plugins() -> None:

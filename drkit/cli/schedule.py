@@ -1,0 +1,114 @@
+"""``drkit schedule ...``: policies in ``schedules/*.yaml``, checked (lint) and run (due)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from drkit.errors import DrkitError
+
+if TYPE_CHECKING:
+    from drkit.cli.main import AppContext
+
+
+class ObjectiveMissed(DrkitError):
+    """A policy (or drill) does not meet its RPO/RTO target."""
+
+    exit_code = 13
+
+
+_SCHEDULES = click.option("--schedules", "schedules", type=click.Path(path_type=Path, file_okay=False),
+                          help="The policies' directory (default: schedules/ next to the configuration file).")
+
+
+@click.group()
+def schedule() -> None:
+    """Schedule policies: check that they meet their targets, run what is due."""
+
+
+@schedule.command()
+@_SCHEDULES
+@click.option("--offline", is_flag=True, help="Do not ask the servers for their settings (e.g. archive_timeout).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def lint(app: AppContext, schedules: Path | None, offline: bool, as_json: bool) -> None:
+    """Compute each policy's worst-case RPO from what it really captures; exit 13 when a policy
+    cannot meet its own RPO target (the arithmetic and the fix are printed)."""
+    from drkit.cli.main import emit
+    from drkit.scheduling.lint import lint as run
+    from drkit.scheduling.policy import load_policies, schedules_dir
+
+    config = app.config
+    policies = load_policies(schedules_dir(config, schedules), config)
+    durations = _durations(app, [s for p in policies for s in p.sources]) if not offline else {}
+    findings = run(config, policies, live=not offline, durations=durations)
+    emit({"findings": [f.as_dict() for f in findings], "ok": all(f.ok for f in findings)}, as_json,
+         "\n".join(f.text() for f in findings))
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        raise ObjectiveMissed(f"{len(failed)} of {len(findings)} source schedule(s) cannot meet their RPO target: "
+                              + ", ".join(f"{f.policy}/{f.source}" for f in failed))
+
+
+def _durations(app: AppContext, sources: list[str]) -> dict[str, float]:
+    """The newest full backup's duration per source, from the repository (empty if it cannot be opened)."""
+    from drkit import ops
+    from drkit.repository.manifest import parse_iso
+
+    try:
+        repo = ops.open_repository(app.config)
+    except DrkitError:
+        return {}
+    out = {}
+    for s in sources:
+        fulls = [m for m in repo.list_manifests(s) if m.type == "full"]
+        if fulls:
+            m = max(fulls, key=lambda m: m.started)
+            out[s] = (parse_iso(m.finished) - parse_iso(m.started)).total_seconds()
+    return out
+
+
+@schedule.command()
+@click.argument("sources", nargs=-1)
+@_SCHEDULES
+@click.option("--wait", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for a source's previous run (its job lease) before exiting 6.")
+@click.option("--no-retention", is_flag=True, help="Do not run the policies' retention (forget) afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def due(app: AppContext, sources: tuple[str, ...], schedules: Path | None, wait: float, no_retention: bool,
+        as_json: bool) -> None:
+    """Run what is due now for SOURCES (default: every scheduled source), once, then the
+    policies' retention -- for cron and Kubernetes CronJobs.
+
+    What ran is read from the repository (any pod can run this). A full or incremental job is
+    due when none has run since its cron expression last fired (a run missed during downtime runs
+    once). For continuous log shipping the incremental job checks that shipping is current.
+    Exits non-zero when a job failed (its exit code), 6 when a source's previous run still held
+    its lease after --wait.
+    """
+    from drkit import ops
+    from drkit.cli.main import emit
+    from drkit.scheduling.due import due as run
+    from drkit.scheduling.policy import load_policies, schedules_dir
+
+    config = app.config
+    policies = load_policies(schedules_dir(config, schedules), config)
+    known = {s for p in policies for s in p.sources}
+    unknown = [s for s in sources if s not in known]
+    if unknown:
+        from drkit.errors import ConfigError
+
+        raise ConfigError(f"no policy schedules {', '.join(unknown)} (scheduled: {', '.join(sorted(known))})")
+    report = run(config, ops.open_repository(config), policies, list(sources) or None, wait=wait,
+                 retention=not no_retention)
+    lines = [f"{j.policy}: {j.source} {j.job}: {j.action}" + (f" ({j.detail})" if j.detail else "")
+             for j in report.jobs]
+    lines += [f"retention {r['source']}: " + (r.get("skipped") or r.get("failed") or
+                                              f"{len(r.get('removed', {}).get('manifests', []))} backup(s) forgotten")
+              for r in report.retention]
+    emit(report.as_dict(), as_json, "\n".join(lines))
+    if report.exit_code:
+        raise SystemExit(report.exit_code)

@@ -1,0 +1,2 @@
+"""Unattended operation: schedule policies (``schedules/*.yaml``), ``schedule lint`` and
+``schedule due``.  See docs/scheduling.md."""

@@ -1,0 +1,73 @@
+"""``drkit schedule due`` against a real server: runs what is due once, skips what is not, waits
+out (then refuses) a source whose previous run still holds its lease, and checks continuous
+shipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from test_mongodb_dumper import MongoEnv, menv  # noqa: F401 - the fixture
+
+from drkit import ops
+from drkit.config import load_config
+from drkit.repository import leases
+
+
+def policy(env: MongoEnv, **fields: object) -> Path:
+    d = env.root / "schedules"
+    d.mkdir(exist_ok=True)
+    body = {"sources": ["m"], "full": "0 0 1 1 *", "incremental": "0 0 1 1 *", **fields}
+    (d / "p.yaml").write_text(yaml.safe_dump(body))
+    return d
+
+
+def due(env: MongoEnv, *args: str, check: bool = True) -> tuple[int, dict]:
+    r = env.drkit("schedule", "due", "--json", *args, check=check)
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else {}
+
+
+def actions(report: dict) -> dict[str, str]:
+    return {j["job"]: j["action"] for j in report["jobs"]}
+
+
+def test_due_runs_missed_jobs_once_then_nothing(menv: MongoEnv) -> None:  # noqa: F811
+    policy(menv, retention={"keep_last": 1})
+    menv.src.c.insert_many([{"_id": i} for i in range(5)])
+    # Both jobs last fired on January 1st and never ran: each runs once, not once per miss.
+    rc, report = due(menv)
+    assert rc == 0 and actions(report) == {"full": "ran", "incremental": "ran"}, report
+    assert report["retention"] and report["retention"][0]["source"] == "m"
+    rc, report = due(menv)
+    assert rc == 0 and actions(report) == {"full": "not due", "incremental": "not due"}, report
+    listing = menv.list()
+    assert len([b for b in listing["backups"] if b["type"] == "full"]) == 1
+
+
+def test_due_waits_for_the_previous_run_then_exits_6(menv: MongoEnv) -> None:  # noqa: F811
+    policy(menv)
+    repo = ops.open_repository(load_config(menv.config))
+    held = leases.acquire(repo, "job", "m", 600, "a test holding the job lease")
+    try:
+        rc, report = due(menv, "--wait", "1", check=False)
+        assert rc == 6 and actions(report) == {"all": "locked"}, report
+        assert menv.list()["backups"] == []  # nothing ran
+    finally:
+        leases.release(repo, held)
+    rc, report = due(menv)
+    assert rc == 0 and actions(report)["full"] == "ran"
+
+
+def test_continuous_policy_checks_that_shipping_is_current(menv: MongoEnv) -> None:  # noqa: F811
+    policy(menv, continuous=True, targets={"rpo": "1h"})
+    menv.src.c.insert_one({"_id": 1})
+    rc, report = due(menv)
+    assert rc == 0 and actions(report) == {"full": "ran", "incremental": "checked"}, report
+    policy(menv, continuous=True, targets={"rpo": "1s"})
+    import time
+
+    time.sleep(2.5)  # nothing shipped the oplog meanwhile: the newest restorable time falls behind
+    rc, report = due(menv, check=False)
+    assert rc == 9 and actions(report)["incremental"] == "failed", report
+    assert "not current" in json.dumps(report)
