@@ -241,6 +241,7 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
     _verify_source_objects(repo, report, dumpers or {})
     _verify_leases(repo, report)
     _verify_forgotten(repo, report)
+    _verify_drills(repo, report)
     _verify_parts(repo, report)
 
     def check(ref: list) -> tuple[list, str | None, int]:
@@ -524,6 +525,16 @@ def _verify_forgotten(repo: Repository, report: VerifyReport) -> None:
             report.problem("forgotten", info.key, str(exc).removeprefix(f"{info.key}: "), [],
                            "none: no restore reads it, but the holes forget left in log chains read as gaps "
                            "until it is restored from a copy")
+
+
+def _verify_drills(repo: Repository, report: VerifyReport) -> None:
+    """Drill records (drkit/repository/drills.py) open and parse."""
+    from drkit.repository.drills import list_drills
+
+    _, bad = list_drills(repo)
+    for key, error in bad:
+        report.problem("drill", key, error.removeprefix(f"{key}: "), [],
+                       "none: no restore reads it; the drill's evidence is lost for reports")
 
 
 def _verify_leases(repo: Repository, report: VerifyReport) -> None:

@@ -339,6 +339,9 @@ cli.add_command(repository)
 from drkit.cli.schedule import schedule  # noqa: E402 - drkit/cli/schedule.py
 
 cli.add_command(schedule)
+from drkit.cli.drill import drill  # noqa: E402 - drkit/cli/drill.py
+
+cli.add_command(drill)
 
 
 def _register_plugins() -> None:

@@ -180,6 +180,15 @@ class Dumper(abc.ABC):
         return Shipping(None, f"the {self.datastore} dumper ships no log continuously", "",
                         "incremental" in self.backup_types)
 
+    def check_restored(self, result: RestoreResult) -> dict[str, Any]:
+        """For a drill: ask the instance a ``--start`` restore left serving what it holds (counts,
+        whatever the datastore can tell cheaply); raise DrkitError when it does not answer."""
+        raise ConfigError(f"the {self.datastore} dumper cannot check a restored instance yet")
+
+    def stop_restored(self, result: RestoreResult) -> None:
+        """Stop the instance a ``--start`` restore left serving (a drill's cleanup)."""
+        raise ConfigError(f"the {self.datastore} dumper cannot stop a restored instance yet")
+
     def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
         """A throw-away server of this datastore started on ``workdir`` (over the restored files
         ``restored``, where the datastore restores into a directory), for restores and drills:

@@ -52,6 +52,10 @@ class Lease:
     acquired: str
     renewed: str
     ttl: float
+    # A read lease (leases/read/<id>: a restore, drill or copy) names what it reads, so forget
+    # keeps those and prune defers their data; None: it does not say (older records).
+    manifests: list[str] | None = None
+    logs: list[str] | None = None
 
     @property
     def key(self) -> str:
@@ -128,14 +132,17 @@ def holder(repo: Repository, kind: str, name: str) -> Lease | None:
     return held if held is not None and not _stale(held, repo.server_time()) else None
 
 
-def acquire(repo: Repository, kind: str, name: str, ttl: float, what: str) -> Lease:
-    """Take the lease ``kind/name`` or raise :class:`LockedError` naming its live holder."""
+def acquire(repo: Repository, kind: str, name: str, ttl: float, what: str, *, manifests: list[str] | None = None,
+            logs: list[str] | None = None) -> Lease:
+    """Take the lease ``kind/name`` or raise :class:`LockedError` naming its live holder.
+    ``manifests`` / ``logs``: what a read lease reads (see :class:`Lease`)."""
     now = repo.server_time()
     held = read(repo, kind, name)
     if held is not None and not _stale(held, now):
         raise LockedError(f"{what} is already running: {held.describe()}; stop it first, or wait until its lease "
                           f"({held.ttl:.0f} s without renewal) expires")
-    lease = Lease(kind, name, socket.gethostname(), os.getpid(), secrets.token_hex(8), iso(now), iso(now), ttl)
+    lease = Lease(kind, name, socket.gethostname(), os.getpid(), secrets.token_hex(8), iso(now), iso(now), ttl,
+                  manifests, logs)
     _write(repo, lease)
     return lease
 

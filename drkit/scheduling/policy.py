@@ -58,7 +58,7 @@ _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
-def _span(value: object) -> float:
+def _span(value: object) -> float:  # also drill's --rpo-target / --rto-target
     """An RPO/RTO or flush time: ``70s``, ``15m`` / ``15min`` (minutes), ``4h``, ``1d`` or seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a time such as 70s, 15m, 4h or 1d")

@@ -194,6 +194,42 @@ class MongoDumper(Dumper):
         return Shipping(s + 1.0, f"'drkit mongodb follow' seals a slice every {s:g} s (slice_seconds) and commits it "
                         "within about a second", "lower slice_seconds (or --slice-seconds)", cron_incremental=True)
 
+    def check_restored(self, result: RestoreResult) -> dict[str, Any]:
+        from .connect import query_errors
+
+        url = result.details.get("url") or result.into
+        if not url:
+            raise ConfigError("the restore left no server to check")
+        client = make_client(url, timeout=10, directConnection=True)
+        try:
+            with query_errors(None, url):
+                client.admin.command("ping")
+                counts = {}
+                for db in client.list_database_names():
+                    if db in ("admin", "local", "config"):
+                        continue
+                    for coll in client[db].list_collection_names():
+                        if not coll.startswith("system."):
+                            counts[f"{db}.{coll}"] = client[db][coll].count_documents({})
+        finally:
+            client.close()
+        return {"serving": url, "collections": len(counts), "documents": sum(counts.values()), "counts": counts}
+
+    def stop_restored(self, result: RestoreResult) -> None:
+        from drkit.proc import pid_alive
+
+        pid = result.details.get("pid")
+        if not pid:
+            return
+        import signal
+
+        os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while pid_alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
+
     def scratch(self, workdir: Path, restored: Path | None = None) -> Instance:
         from .scratch import scratch
 

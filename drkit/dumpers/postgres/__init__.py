@@ -74,6 +74,35 @@ class PostgresDumper(Dumper):
 
         return source_objects(repo, self.source.name)
 
+    def check_restored(self, result: RestoreResult) -> dict[str, Any]:
+        import subprocess
+
+        from drkit.errors import SourceError
+
+        from .restore import _as_user
+
+        d = result.details
+        if not d.get("port") or not d.get("socket_dir"):
+            raise ConfigError("the restore left no server to check")
+        query = ("SELECT count(*), pg_is_in_recovery()::text, "
+                 "(SELECT count(*) FROM pg_database WHERE datallowconn) FROM pg_class")
+        proc = subprocess.run(_as_user([self.options.tool("psql"), "-h", d["socket_dir"], "-p", str(d["port"]),
+                                        "-d", "postgres", "-At", "-F", " ", "-c", query], self.options.os_user),
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise SourceError(f"the restored server on port {d['port']} does not answer a query: "
+                              f"{proc.stderr.strip()[-300:]}")
+        relations, recovery, databases = proc.stdout.split()
+        return {"serving": f"port {d['port']} (socket {d['socket_dir']})", "relations": int(relations),
+                "databases": int(databases), "in_recovery": recovery == "true",
+                "last_replayed_commit": d.get("last_replayed_commit")}
+
+    def stop_restored(self, result: RestoreResult) -> None:
+        from .restore import stop_server
+
+        if result.target_dir is not None:
+            stop_server(self.options, result.target_dir)
+
     def shipping(self, live: bool = True) -> Shipping:
         """WAL archiving: a segment is archived when it is full, or after archive_timeout."""
         fix = "set archive_timeout = 60 in postgresql.conf (worst case then about 70 s)"

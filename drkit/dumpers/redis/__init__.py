@@ -192,6 +192,28 @@ class RedisDumper(Dumper):
                         "(slice_seconds) and commits it within about a second", "lower slice_seconds",
                         cron_incremental=bool(self.options.data_dir))
 
+    def check_restored(self, result: RestoreResult) -> dict[str, Any]:
+        import redis
+
+        port = result.details.get("port")
+        if not port:
+            raise ConfigError("the restore left no server to check")
+        try:
+            with redis.Redis(host="127.0.0.1", port=int(port), socket_timeout=10) as c:
+                keys = sum(int(v["keys"]) for v in c.info("keyspace").values())
+                role = c.info("replication")["role"]
+        except redis.RedisError as exc:
+            from drkit.errors import SourceError
+
+            raise SourceError(f"the restored redis-server on port {port} does not answer: {exc}") from None
+        return {"serving": f"redis://127.0.0.1:{port}", "keys": keys, "role": role}
+
+    def stop_restored(self, result: RestoreResult) -> None:
+        from .restore import kill_server
+
+        if result.details.get("pid"):
+            kill_server(int(result.details["pid"]))
+
     @classmethod
     def describe_result(cls, result: RestoreResult) -> list[str]:
         d = result.details

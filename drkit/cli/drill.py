@@ -1,0 +1,81 @@
+"""``drkit drill SOURCE``: a DR drill (drkit/drills/run.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from drkit.cli.main import AppContext
+
+
+@click.command()
+@click.argument("source")
+@click.option("--point-in-time", "point_in_time", metavar="TIME", help="Restore this time (ISO 8601) instead of "
+              "the latest state.")
+@click.option("--latest", is_flag=True, help="Restore the latest state (the default).")
+@click.option("--rpo-target", metavar="DURATION", help="RPO target (e.g. 15m, 90s; default: the source's policy "
+              "in schedules/, else 15 min).")
+@click.option("--rto-target", metavar="DURATION", help="RTO target (e.g. 4h; default: the policy's, else 4 h).")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Where the scratch "
+              "directory goes (default: the system's temporary directory).")
+@click.option("--keep", is_flag=True, help="Leave the scratch directory (the instance is stopped either way).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool, rpo_target: str | None,
+          rto_target: str | None, workdir: Path | None, keep: bool, as_json: bool) -> None:
+    """Restore SOURCE into a scratch instance, check that it serves, and measure the achieved RPO
+    (now minus the newest restorable time) and RTO (start to a checked, serving instance) against
+    the targets. The instance is stopped and removed afterwards; the result is stored in the
+    repository (drills/SOURCE/ID). Exits 13 when a target is missed or the drill fails."""
+    from drkit.cli.main import emit, parse_time
+    from drkit.drills.run import run_drill
+    from drkit.errors import ConfigError
+
+    if latest and point_in_time:
+        raise ConfigError("--latest and --point-in-time exclude each other")
+    rpo, rto = _targets(app, source, rpo_target, rto_target)
+    report = run_drill(app.config, source, point_in_time=parse_time(point_in_time) if point_in_time else None,
+                       rpo_target=rpo, rto_target=rto, workdir=workdir, keep=keep)
+    lines = [f"drill {report.id} of {source} ({report.datastore}): {'PASSED' if report.passed else 'FAILED'}",
+             f"  RPO {_s(report.rpo_seconds)} (target {_s(report.targets['rpo_seconds'])}; newest restorable "
+             f"time {report.newest_safe_time})",
+             f"  RTO {_s(report.rto_seconds)} (target {_s(report.targets['rto_seconds'])}): "
+             + ", ".join(f"{k} {v:.2f} s" for k, v in report.phases.items())]
+    if report.restored_to:
+        lines.append(f"  restored backup {report.backup} to {report.restored_to}")
+    lines += [f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'} {c['detail']}" for c in report.checks]
+    lines += [f"  failure: {f}" for f in report.failures]
+    lines.append(f"  stored as {report.stored_as}")
+    emit(report.as_dict(), as_json, "\n".join(lines))
+    if not report.passed:
+        raise SystemExit(13)
+
+
+def _s(v: float | None) -> str:
+    return "unbounded" if v is None else f"{v:.1f} s"
+
+
+def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None) -> tuple[float | None, float | None]:
+    """The flags, else the source's policy in schedules/ (when there is one), else the defaults."""
+    from drkit.errors import ConfigError
+    from drkit.scheduling.policy import _span, load_policies, policy_of, schedules_dir
+
+    def parse(text: str | None, flag: str) -> float | None:
+        if text is None:
+            return None
+        try:
+            return _span(text)
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+
+    got = [parse(rpo, "--rpo-target"), parse(rto, "--rto-target")]
+    if None in got:
+        directory = schedules_dir(app.config)
+        if directory.is_dir():
+            p = policy_of(load_policies(directory, app.config), source)
+            if p is not None:
+                got = [got[0] or p.targets.rpo, got[1] or p.targets.rto]
+    return got[0], got[1]
