@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pgenv import PgEnv, make_pg_env
 from test_mongodb_dumper import MongoEnv, menv  # noqa: F401 - the fixture
+from test_redis_dumper import renv  # noqa: F401 - the fixture
 
 from drkit import ops
 from drkit.config import load_config
@@ -112,3 +113,21 @@ def test_postgres_drill_passes_with_archived_wal(pg: PgEnv) -> None:
     assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
     assert_measured(report, wall)
     assert report["facts"]["databases"] >= 1 and report["facts"]["in_recovery"] is False
+
+
+def test_redis_drill_passes_and_counts_the_keys(renv) -> None:  # noqa: ANN001, F811
+    import redis as redis_py
+    from test_redis_dumper import PASSWORD
+
+    c = redis_py.Redis(host="127.0.0.1", port=renv.primary.port, password=PASSWORD)
+    c.flushall()
+    for i in range(40):
+        c.set(f"k{i}", i)
+    renv.drkit("backup", "cache")
+    t0 = time.monotonic()
+    r = renv.drkit("drill", "cache", "--json", check=False)
+    wall = time.monotonic() - t0
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
+    assert report["facts"]["keys"] == 40 and report["facts"]["role"] == "master"
+    assert_measured(report, wall)
