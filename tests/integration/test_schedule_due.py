@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 from test_mongodb_dumper import MongoEnv, menv  # noqa: F401 - the fixture
+from test_redis_dumper import renv  # noqa: F401 - the fixture
 
 from drkit import ops
 from drkit.config import load_config
@@ -71,3 +72,31 @@ def test_continuous_policy_checks_that_shipping_is_current(menv: MongoEnv) -> No
     rc, report = due(menv, check=False)
     assert rc == 9 and actions(report)["incremental"] == "failed", report
     assert "not current" in json.dumps(report)
+
+
+def test_due_against_postgres_and_redis(tmp_path: Path, renv) -> None:  # noqa: ANN001, F811
+    """PostgreSQL: the full runs once; its 'incremental' is WAL archiving, so the job checks it.
+    Redis without data_dir: the same (its incrementals are the follower's)."""
+    from pgenv import make_pg_env
+
+    pg = make_pg_env("due")
+    try:
+        d = pg.config_path.parent / "schedules"
+        d.mkdir()
+        (d / "pg.yaml").write_text(yaml.safe_dump({"sources": ["main"], "full": "0 0 1 1 *",
+                                                   "incremental": "*/5 * * * *", "targets": {"rpo": "1h"}}))
+        pg.switch_and_wait_archived()
+        r = pg.drkit("schedule", "due", "--json")
+        report = json.loads(r.stdout)
+        assert actions(report) == {"full": "ran", "incremental": "checked"}, report
+        r = pg.drkit("schedule", "due", "--json")
+        assert actions(json.loads(r.stdout))["full"] == "not due"
+    finally:
+        pg.close()
+    d = renv.config_path.parent / "schedules"
+    d.mkdir()
+    (d / "r.yaml").write_text(yaml.safe_dump({"sources": ["cache"], "full": "0 0 1 1 *", "targets": {"rpo": "1h"}}))
+    report = json.loads(renv.drkit("schedule", "due", "--json").stdout)
+    assert actions(report) == {"full": "ran"}
+    report = json.loads(renv.drkit("schedule", "due", "--json").stdout)
+    assert actions(report) == {"full": "not due"}
