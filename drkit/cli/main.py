@@ -336,9 +336,10 @@ cli.add_command(prune_command)
 from drkit.cli.upgrade import repository  # noqa: E402 - drkit repository upgrade
 
 cli.add_command(repository)
-from drkit.cli.schedule import schedule  # noqa: E402 - drkit/cli/schedule.py
+from drkit.cli.schedule import metrics, schedule  # noqa: E402 - drkit/cli/schedule.py
 
 cli.add_command(schedule)
+cli.add_command(metrics)
 from drkit.cli.drill import drill  # noqa: E402 - drkit/cli/drill.py
 
 cli.add_command(drill)

@@ -112,3 +112,21 @@ def due(app: AppContext, sources: tuple[str, ...], schedules: Path | None, wait:
     emit(report.as_dict(), as_json, "\n".join(lines))
     if report.exit_code:
         raise SystemExit(report.exit_code)
+
+
+@click.command()
+@click.argument("sources", nargs=-1)
+@click.option("--textfile", type=click.Path(dir_okay=False), help="Write them to this file (atomically: a "
+              "node-exporter textfile collector), instead of printing them.")
+@click.pass_obj
+def metrics(app: AppContext, sources: tuple[str, ...], textfile: str | None) -> None:
+    """Prometheus metrics of SOURCES (default: every configured source), computed from the
+    repository: last backups, newest safe time and RPO now, log backlog, last drill, last prune."""
+    from drkit import ops
+    from drkit.scheduling.metrics import registry, render, write_textfile
+
+    reg = registry(app.config, ops.open_repository(app.config), list(sources) or None)
+    if textfile:
+        write_textfile(reg, textfile)
+    else:
+        click.echo(render(reg), nl=False)
