@@ -79,3 +79,30 @@ def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None) -> 
             if p is not None:
                 got = [got[0] or p.targets.rpo, got[1] or p.targets.rto]
     return got[0], got[1]
+
+
+@click.group(name="plan")
+def plan_group() -> None:
+    """Plans: what an operation would do, before it does it."""
+
+
+@plan_group.command("restore")
+@click.argument("source")
+@click.option("--point-in-time", "point_in_time", metavar="TIME", help="The time to restore (default: the latest "
+              "state).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def plan_restore_cmd(app: AppContext, source: str, point_in_time: str | None, as_json: bool) -> None:
+    """Which full and log range a restore of SOURCE would read, how many bytes, and the RTO to
+    expect (from the throughput this source's drills measured; a stated default before any)."""
+    from drkit import ops
+    from drkit.cli.main import emit, parse_time
+    from drkit.drills.plan import plan_restore
+
+    plan = plan_restore(app.config, ops.open_repository(app.config), source,
+                        parse_time(point_in_time) if point_in_time else None)
+    text = (f"restore of {source} to {plan['point_in_time']}{' (latest)' if plan['latest'] else ''}:\n"
+            f"  backup {plan['backup']} ({', '.join(plan['manifests'])}) and {plan['log_records']} log record(s)\n"
+            f"  bytes to fetch: {plan['bytes'] / 1e6:.1f} MB ({plan['log_bytes'] / 1e6:.1f} MB of log to replay)\n"
+            f"  predicted RTO: {plan['predicted_rto_seconds']:.0f} s ({plan['basis']})")
+    emit(plan, as_json, text)

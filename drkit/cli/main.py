@@ -340,9 +340,10 @@ from drkit.cli.schedule import metrics, schedule  # noqa: E402 - drkit/cli/sched
 
 cli.add_command(schedule)
 cli.add_command(metrics)
-from drkit.cli.drill import drill  # noqa: E402 - drkit/cli/drill.py
+from drkit.cli.drill import drill, plan_group  # noqa: E402 - drkit/cli/drill.py
 
 cli.add_command(drill)
+cli.add_command(plan_group)
 
 
 def _register_plugins() -> None:

@@ -63,6 +63,7 @@ class DrillReport:
     restore_phases: dict[str, float] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # plan_restore's bytes and prediction
     failures: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
     stored_as: str | None = None
@@ -112,6 +113,12 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
         want = point_in_time or newest
         covering = sorted(points.covering(want), key=lambda p: p.start) if want else []
         chosen = covering[-1] if covering else None
+        if want is not None and chosen is not None:
+            from drkit.drills.plan import plan_restore
+
+            planned = plan_restore(config, repo, source, point_in_time)
+            report.plan = {k: planned[k] for k in ("bytes", "backup_bytes", "log_bytes", "log_records",
+                                                   "predicted_rto_seconds", "basis")}
         lease = leases.acquire(repo, "read", f"drill-{report.id}", LEASE_TTL, f"drill {report.id} of {source}",
                                manifests=list(chosen.manifests) if chosen else [],
                                logs=list(chosen.logs) if chosen else [])

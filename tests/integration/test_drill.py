@@ -131,3 +131,26 @@ def test_redis_drill_passes_and_counts_the_keys(renv) -> None:  # noqa: ANN001, 
     assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
     assert report["facts"]["keys"] == 40 and report["facts"]["role"] == "master"
     assert_measured(report, wall)
+
+
+def test_plan_restore_predicts_from_the_stored_drills(menv: MongoEnv) -> None:  # noqa: F811
+    from drkit.repository.drills import put_drill
+
+    menv.src.c.insert_many([{"_id": i, "pad": "p" * 300} for i in range(300)])
+    menv.drkit("backup", "m")
+    menv.src.c.insert_one({"_id": "late"})
+    menv.drkit("backup", "m", "--type", "incremental")
+    before = json.loads(menv.drkit("plan", "restore", "m", "--json").stdout)
+    assert "stated default" in before["basis"]
+    assert before["bytes"] == before["backup_bytes"] + before["log_bytes"] and before["log_records"] == 1
+    assert before["predicted_rto_seconds"] == pytest.approx(before["bytes"] / 20e6, abs=0.1)
+    repo = ops.open_repository(load_config(menv.config))
+    for i, (size, rto, passed) in enumerate([(1e6, 1.0, True), (3e6, 1.0, True), (1e9, 1.0, False)]):
+        put_drill(repo, "m", f"20261201T00000{i}Z-00000{i}", {"passed": passed, "rto_seconds": rto,
+                                                              "plan": {"bytes": size}, "finished": "2026-12-01T00:00:00Z"})
+    plan = json.loads(menv.drkit("plan", "restore", "m", "--json").stdout)
+    assert plan["throughput_bytes_per_second"] == pytest.approx(2e6)  # median of the passed drills: 1 and 3 MB/s
+    assert plan["predicted_rto_seconds"] == pytest.approx(plan["bytes"] / 2e6, abs=0.1)
+    assert "2 passed drill" in plan["basis"]
+    report = drill(menv, "m")
+    assert report["plan"]["bytes"] == plan["bytes"]  # the drill records what it planned
