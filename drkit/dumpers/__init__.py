@@ -180,6 +180,11 @@ class Dumper(abc.ABC):
         return Shipping(None, f"the {self.datastore} dumper ships no log continuously", "",
                         "incremental" in self.backup_types)
 
+    def follower_command(self, source: str) -> list[str] | None:
+        """The drkit arguments of this datastore's long-running log follower for ``source``
+        (e.g. ``["redis", "follow", source]``), which ``schedule run`` supervises; None: none."""
+        return None
+
     def check_restored(self, result: RestoreResult) -> dict[str, Any]:
         """For a drill: ask the instance a ``--start`` restore left serving what it holds (counts,
         whatever the datastore can tell cheaply); raise DrkitError when it does not answer."""

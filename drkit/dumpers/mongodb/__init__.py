@@ -194,6 +194,9 @@ class MongoDumper(Dumper):
         return Shipping(s + 1.0, f"'drkit mongodb follow' seals a slice every {s:g} s (slice_seconds) and commits it "
                         "within about a second", "lower slice_seconds (or --slice-seconds)", cron_incremental=True)
 
+    def follower_command(self, source: str) -> list[str] | None:
+        return ["mongodb", "follow", source]
+
     def check_restored(self, result: RestoreResult) -> dict[str, Any]:
         from .connect import query_errors
 

@@ -192,6 +192,12 @@ class RedisDumper(Dumper):
                         "(slice_seconds) and commits it within about a second", "lower slice_seconds",
                         cron_incremental=bool(self.options.data_dir))
 
+    def follower_command(self, source: str) -> list[str] | None:
+        if self.options.data_dir:
+            return None  # node-local AOF mode: incrementals are 'backup --type incremental'
+
+        return ["redis", "follow", source]
+
     def check_restored(self, result: RestoreResult) -> dict[str, Any]:
         import redis
 
