@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from drkit.repository import Manifest, Repository
 from drkit.repository.keys import wrapper_from_config
 from drkit.repository.manifest import iso
 from drkit.storage import open_storage
+
+log = logging.getLogger(__name__)
 
 
 def open_repository(config: Config) -> Repository:
@@ -52,7 +55,12 @@ def backup(config: Config, source: str, backup_type: str) -> BackupResult:
     repo = open_repository(config)
     t0 = time.monotonic()
     manifest = dumper.backup(repo, backup_type)
-    return BackupResult(manifest, time.monotonic() - t0)
+    result = BackupResult(manifest, time.monotonic() - t0)
+    log.info("backup of %s (%s) committed", source, backup_type, extra={
+        "event": "backup", "source": source, "type": backup_type, "backup": manifest.id,
+        "bytes": manifest.size, "seconds": round(result.seconds, 3),
+        **({"stored_bytes": manifest.stored_bytes} if isinstance(manifest, Manifest) else {})})
+    return result
 
 
 def list_sources(config: Config, source: str | None = None) -> list[dict[str, Any]]:
@@ -117,6 +125,10 @@ def restore(config: Config, request: RestoreRequest) -> RestoreResult:
         raise DrkitError(f"restoring {request.source.name} failed: {exc}{left}. {what[0].upper() + what[1:]}, "
                          "then run the restore again") from None
     result.phases = {"open": open_s, **result.phases}
+    log.info("restore of %s done", request.source.name, extra={
+        "event": "restore", "source": request.source.name, "backup": result.backup_id,
+        "point_in_time": iso(result.point_in_time) if result.point_in_time else None,
+        "seconds": round(result.seconds, 3), "phases": {k: round(v, 3) for k, v in result.phases.items()}})
     return result
 
 

@@ -56,12 +56,16 @@ def parse_time(value: str) -> datetime:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DRKIT_CONFIG",
               help="Configuration file (YAML). Default: $DRKIT_CONFIG.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), envvar="DRKIT_LOG_FORMAT", default="text",
+              show_default=True, help="Log lines as text, or one JSON event per line (for ELK). "
+              "Default: $DRKIT_LOG_FORMAT.")
 @click.version_option(__version__, prog_name="drkit")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: int, log_format: str) -> None:
     """drkit: encrypted, deduplicated backups with point-in-time restore and measured RPO/RTO."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from drkit.logfmt import configure
+
+    configure(logging.WARNING - 10 * min(verbose, 2), log_format)
     ctx.obj = AppContext(config_path)
 
 
