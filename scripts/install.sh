@@ -55,6 +55,7 @@ PACKAGES=(
   redis-server          # Redis 7 (7.0 on Debian 12): dumper + sandbox
   redis-tools           # redis-cli, redis-check-aof/rdb, redis-benchmark
   python3-dev           # Python headers: drkit's optional C extension (drkit/dumpers/redis/_rdbscan.c)
+  prometheus            # promtool: the alert rules' unit tests (monitoring/alerts_test.yml); no server is started
 )
 # A C compiler for that extension (setup.py); without one drkit installs and runs on the slower
 # pure-Python path.

@@ -163,9 +163,12 @@ class Daemon:
                     try:
                         from drkit import ops
 
-                        from .metrics import registry, render
+                        from .metrics import add_job_results, registry, render
 
-                        body = render(registry(daemon.config, ops.open_repository(daemon.config))).encode()
+                        reg = registry(daemon.config, ops.open_repository(daemon.config))
+                        with daemon.state.lock:
+                            add_job_results(reg, dict(daemon.state.last))
+                        body = render(reg).encode()
                         self._send(200, body, "text/plain; version=0.0.4")
                     except Exception as exc:  # noqa: BLE001
                         self._send(500, f"metrics failed: {exc}\n".encode(), "text/plain")

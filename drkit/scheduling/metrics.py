@@ -17,6 +17,7 @@ from typing import Any
 
 from drkit.config import Config
 from drkit.dumpers import dumper_for
+from drkit.errors import DrkitError
 from drkit.repository import Repository
 from drkit.repository.drills import list_drills
 from drkit.repository.manifest import parse_iso
@@ -46,6 +47,8 @@ def registry(config: Config, repo: Repository, sources: list[str] | None = None)
         "drill_rpo": Gauge("drkit_drill_rpo_seconds", "The RPO the last drill measured.", ["source"], registry=reg),
         "prune": Gauge("drkit_prune_last_success_timestamp_seconds", "When the last prune finished.",
                        registry=reg),
+        "lease": Gauge("drkit_lease_held_seconds", "How long each live lease has been held (a stuck job or "
+                       "lock shows as a growing value).", ["lease"], registry=reg),
     }
     now = repo.server_time()
     for name in sources or sorted(config.sources):
@@ -76,6 +79,15 @@ def registry(config: Config, repo: Repository, sources: list[str] | None = None)
             passed = [d for d in drills if d.get("passed")]
             if passed:
                 g["drill"].labels(name).set(parse_iso(passed[-1]["finished"]).timestamp())
+    from drkit.repository import leases
+
+    for info in repo.storage.list(leases.PREFIX):
+        try:
+            held = leases.load(repo, info.key)
+        except DrkitError:
+            continue
+        if held is not None and (now - parse_iso(held.renewed)).total_seconds() <= held.ttl:
+            g["lease"].labels(info.key[len(leases.PREFIX):]).set((now - parse_iso(held.acquired)).total_seconds())
     released = list(repo.storage.list("prune/released/"))
     if released:
         g["prune"].set(max(_mtime(i) for i in released))
@@ -87,6 +99,16 @@ def _mtime(info: Any) -> float:
     if isinstance(t, datetime):
         return t.timestamp()
     return float(t or 0)
+
+
+def add_job_results(reg: Any, last: dict[str, dict[str, Any]]) -> None:
+    """The daemon's own view: the exit code of each source's last job (0 = ok)."""
+    from prometheus_client import Gauge
+
+    g = Gauge("drkit_job_last_exit_code", "Exit code of the last scheduled job of the source (0: ok).",
+              ["source", "job"], registry=reg)
+    for source, r in last.items():
+        g.labels(source, str(r.get("job", ""))).set(int(r.get("exit_code") or 0))
 
 
 def render(reg: Any) -> str:
