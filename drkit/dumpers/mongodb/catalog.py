@@ -15,6 +15,7 @@ from .namespaces import Namespaces
 
 CATALOG_STREAM = "catalog.json"
 OPLOG_STREAM = "oplog.bson"
+OPLOG_PRE_STREAM = "oplog-before.bson"  # entries of transactions open at the start, before it
 DATA_PREFIX = "data/"
 # Index options a server reports that are not options of createIndexes.
 _INDEX_DROP = {"ns", "background"}

@@ -36,7 +36,7 @@ from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import iso, utcnow
 
 from . import oplog as ol
-from .catalog import CATALOG_STREAM, OPLOG_STREAM, data_stream, read_catalog
+from .catalog import CATALOG_STREAM, OPLOG_PRE_STREAM, OPLOG_STREAM, data_stream, read_catalog
 from .connect import query_errors, source_client
 from .namespaces import Namespaces
 from .options import MongoOptions
@@ -85,18 +85,25 @@ def full_backup(repo: Repository, source: str, opts: MongoOptions) -> Manifest:
                 if ol.identity(client).epoch != ident.epoch:
                     raise SourceError(f"the server at {opts.url} restarted or changed during the backup; take it again")
                 end_now = ol.server_now_ms(client)
-                end_raw = ol.newest(client)
-                end = ol.position_of(end_raw) if end_raw is not None else start
                 if start is not None:
                     ol.check_position(client, start, "the position this backup started at")
-                window_after = start.ts if start else None
-                if start is not None:
-                    began = ol.open_transactions_start(client, start.ts, end.ts if end else None)
-                    if began is not None:
-                        window_after = ol.just_before(began)  # a transaction open at the start, whole
-                window = ol.DocsReader(ol.read_after(client, window_after, end.ts if end else None))
+                # One pass over the oplog after the start: the window, its last entry (the end
+                # position) and the transactions it commits that began before the start.
+                watch = _Watch(start)
+                until = (end_now // 1000, 0xFFFFFFFF)  # every entry of the server's clock up to now
+                window = ol.DocsReader(ol.read_after(client, start.ts if start else None, until), on_doc=watch)
                 ref = txn.write_stream(OPLOG_STREAM, window, meta={"format": "bson"})
                 ref.meta["entries"] = window.count
+                end = watch.last or start
+                window_after = start.ts if start else None
+                if watch.chained:
+                    began = ol.chain_start(client, min(watch.chained))
+                    if began < start.ts:  # type: ignore[union-attr]
+                        # A transaction open at the start: its earlier entries too, so it replays whole.
+                        window_after = ol.just_before(began)
+                        pre = ol.DocsReader(ol.read_after(client, window_after, start.ts))  # type: ignore[union-attr]
+                        pref = txn.write_stream(OPLOG_PRE_STREAM, pre, meta={"format": "bson"})
+                        pref.meta["entries"] = pre.count
                 meta.update({
                     "identity": ident.as_dict(), "epoch": ident.epoch,
                     "oplog_start": start.as_dict() if start else None,
@@ -118,6 +125,24 @@ def full_backup(repo: Repository, source: str, opts: MongoOptions) -> Manifest:
     log.info("backup %s: %d documents in %d collections, consistent at %s", manifest.id, stats.documents,
              stats.collections, meta["consistent_at"])
     return manifest
+
+
+class _Watch:
+    """Follows the window's entries as they stream: the last one, and the ``prevOpTime`` of
+    transaction entries that point at or before the start (their transaction began earlier)."""
+
+    def __init__(self, start: ol.Position | None) -> None:
+        self.start = start
+        self.last: ol.Position | None = None
+        self.chained: list[tuple[int, int]] = []
+
+    def __call__(self, raw: Any) -> None:
+        self.last = ol.position_of(raw)
+        if self.start is None or "prevOpTime" not in raw:
+            return
+        prev = raw["prevOpTime"].get("ts")
+        if prev is not None and (prev.time, prev.inc) != (0, 0) and (prev.time, prev.inc) <= self.start.ts:
+            self.chained.append((int(prev.time), int(prev.inc)))
 
 
 def _copy_collections(txn: Any, client: Any, collections: list[tuple[str, str]], parallel: int, stats: _Stats,

@@ -241,32 +241,23 @@ def iter_raw(fh: IO[bytes], what: str) -> Iterator[bytes]:
         yield head + body
 
 
-def open_transactions_start(client: Any, after: tuple[int, int], until: tuple[int, int] | None) -> tuple[int, int] | None:
-    """The ``ts`` of the earliest first entry of the transactions that commit after ``after``
-    (up to ``until``) but began at or before it (their entries chain through ``prevOpTime``);
-    None when there are none.  A backup's window must start there for the replay to see them whole."""
+def chain_start(client: Any, prev: tuple[int, int]) -> tuple[int, int]:
+    """The ``ts`` of the first entry of the transaction chain an entry's ``prevOpTime`` points
+    into (walking ``prevOpTime`` back to a null one)."""
     from bson import Timestamp
 
-    cond: dict[str, Any] = {"$gt": Timestamp(*after)}
-    if until is not None:
-        cond["$lte"] = Timestamp(*until)
     coll = oplog(client)
-    earliest: tuple[int, int] | None = None
-    for e in coll.find({"ts": cond, "prevOpTime.ts": {"$lte": Timestamp(*after), "$gt": Timestamp(0, 0)}}):
-        prev = e["prevOpTime"]["ts"]
-        while True:
-            doc = next(iter(coll.find({"ts": prev}).limit(1)), None)
-            if doc is None:
-                raise SourceError(f"a transaction committed at ts {e['ts'].time}:{e['ts'].inc} began at ts "
-                                  f"{prev.time}:{prev.inc}, which the oplog no longer holds; take the backup again")
-            up = doc.get("prevOpTime")
-            nxt = up.get("ts") if up is not None else None
-            if nxt is None or nxt == Timestamp(0, 0):
-                break
-            prev = nxt
-        first = (int(prev.time), int(prev.inc))
-        earliest = first if earliest is None else min(earliest, first)
-    return earliest
+    ts = Timestamp(*prev)
+    while True:
+        doc = next(iter(coll.find({"ts": ts}).limit(1)), None)
+        if doc is None:
+            raise SourceError(f"a transaction began at ts {ts.time}:{ts.inc}, which the oplog no longer holds; "
+                              "take the backup again")
+        up = doc.get("prevOpTime")
+        nxt = up.get("ts") if up is not None else None
+        if nxt is None or nxt == Timestamp(0, 0):
+            return (int(ts.time), int(ts.inc))
+        ts = nxt
 
 
 def just_before(ts: tuple[int, int]) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from drkit.repository.manifest import LogRecord
 from drkit.repository.reader import iter_stream, open_stream
 
 from . import oplog as ol
-from .catalog import CATALOG_STREAM, OPLOG_STREAM, BackupCatalog, Collection, data_stream
+from .catalog import CATALOG_STREAM, OPLOG_PRE_STREAM, OPLOG_STREAM, BackupCatalog, Collection, data_stream
 from .namespaces import Namespaces
 
 log = logging.getLogger(__name__)
@@ -314,8 +314,10 @@ def _restore(repo: Repository, manifest: Manifest, slices: list[LogRecord], clie
     start = manifest.metadata.get("oplog_start")
     after = manifest.metadata.get("window_after") or (start["ts"] if start else None)
     if manifest.metadata.get("oplog"):
-        w = replay(repo, applier, [(f"backup {manifest.id} oplog window", manifest.stream(OPLOG_STREAM))],
-                   after=tuple(after) if after else None, until_ms=None)
+        names = {s.name for s in manifest.streams}
+        sources = [(f"backup {manifest.id} {name}", manifest.stream(name)) for name in (OPLOG_PRE_STREAM, OPLOG_STREAM)
+                   if name in names]
+        w = replay(repo, applier, sources, after=tuple(after) if after else None, until_ms=None)
         details["window_entries_applied"] = w["entries_applied"]
     details["indexes_built"] = build_indexes(client, wanted)
     if slices:
