@@ -168,3 +168,27 @@ def release(repo: Repository, lease: Lease) -> None:
         log.warning("lease %s is damaged (%s); deleting it on release", lease.key, damage)
     if damage or (held is not None and held.token == lease.token):
         repo.storage.delete(lease.key)
+
+
+class Holding:
+    """A lease held by a long-running job (a follower): taken on creation, renewed by
+    :meth:`renew_if_due` at a quarter of its TTL, released when the ``with`` block ends."""
+
+    def __init__(self, repo: Repository, kind: str, name: str, ttl: float, what: str) -> None:
+        import time
+
+        self.repo = repo
+        self.lease = acquire(repo, kind, name, ttl, what)
+        self._clock = time.monotonic
+        self._renewed = self._clock()
+
+    def renew_if_due(self) -> None:
+        if self._clock() - self._renewed >= self.lease.ttl / 4:
+            renew(self.repo, self.lease)
+            self._renewed = self._clock()
+
+    def __enter__(self) -> Holding:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        release(self.repo, self.lease)

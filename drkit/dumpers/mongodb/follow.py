@@ -60,18 +60,12 @@ class Follower:
         self.report = FollowReport()
 
     def run(self, duration: float | None = None) -> FollowReport:
-        self.lease = leases.acquire(self.repo, "follow", self.source, max(LEASE_MIN, 3 * self.slice_seconds),
-                                    f"'drkit mongodb follow {self.source}'")
-        self._renewed = time.monotonic()
-        try:
+        with leases.Holding(self.repo, "follow", self.source, max(LEASE_MIN, 3 * self.slice_seconds),
+                            f"'drkit mongodb follow {self.source}'") as self.hold:
             return self._run(duration)
-        finally:
-            leases.release(self.repo, self.lease)
 
     def _renew(self) -> None:
-        if time.monotonic() - self._renewed >= self.lease.ttl / 4:
-            leases.renew(self.repo, self.lease)
-            self._renewed = time.monotonic()
+        self.hold.renew_if_due()
 
     def _run(self, duration: float | None) -> FollowReport:
         deadline = time.monotonic() + duration if duration else None

@@ -235,18 +235,12 @@ class Follower:
             raise SourceError(f"redis follow needs Redis >= 7.0 (it relies on expiries being replicated as "
                               f"absolute times); {self.opts.url} runs {version}. Take full backups instead.")
         # One follower per source: a second one is refused (exit 6) while this one's lease is live.
-        self.lease = leases.acquire(self.repo, "follow", self.source, max(LEASE_MIN, 3 * self.slice_seconds),
-                                    f"'drkit redis follow {self.source}'")
-        self._renewed = time.monotonic()
-        try:
+        with leases.Holding(self.repo, "follow", self.source, max(LEASE_MIN, 3 * self.slice_seconds),
+                            f"'drkit redis follow {self.source}'") as self.hold:
             return self._run(duration)
-        finally:
-            leases.release(self.repo, self.lease)
 
     def _renew(self) -> None:
-        if time.monotonic() - self._renewed >= self.lease.ttl / 4:
-            leases.renew(self.repo, self.lease)
-            self._renewed = time.monotonic()
+        self.hold.renew_if_due()
 
     def _run(self, duration: float | None) -> FollowReport:
         self.pos = resume_position(self.repo, self.source)
