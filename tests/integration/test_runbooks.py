@@ -259,13 +259,20 @@ def mongo_values(config: Path, root: Path, db: str, uri: str) -> dict[str, str]:
             "COLL": "orders", "URI": uri, "NEW_URI": uri, "WORK": str(root / "work")}
 
 
-def test_mongodb_runbook_scenario_a(mongodb_server, root: Path) -> None:
-    url = mongodb_server.url
-    if "@" in url:
-        pytest.skip("the runbook test runs against a server without credentials")
+def test_mongodb_runbook_scenario_a(mongodb_server, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_mongodb_dumper import split_credentials
+
+    # An external server's credentials ($DRKIT_TEST_MONGO_URL) go where the runbook reads them
+    # (MONGO_USER / MONGO_PASSWORD), never into a URI drkit sees.
+    url, user, password = split_credentials(mongodb_server.url)
+    source: dict = {"type": "mongodb", "uri": url}
+    if password:
+        monkeypatch.setenv("MONGO_USER", user or "")
+        monkeypatch.setenv("MONGO_PASSWORD", password)
+        source.update({"username": user, "password_env": "MONGO_PASSWORD"})
     db = f"rb_{uuid.uuid4().hex[:8]}"
-    client = pymongo.MongoClient(url, tz_aware=True)
-    config = make_config(root, {"records": {"type": "mongodb", "uri": url, "include": [db]}})
+    client = pymongo.MongoClient(mongodb_server.url, tz_aware=True)
+    config = make_config(root, {"records": {**source, "include": [db]}})
     follow = None
     try:
         client[db].orders.insert_many([{"_id": i, "v": i, "s": "x" * (i % 7)} for i in range(100)])
