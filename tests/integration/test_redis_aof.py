@@ -229,14 +229,18 @@ def headless_rewrite(env: RedisEnv, c: redis.Redis, marks: list[tuple[int, dict]
     """Write, BGREWRITEAOF, write again within one second of the server's clock, so that the INCR
     file the rewrite opens starts with commands and no #TS (Redis annotates a second only once);
     tried ``attempts`` times if the machine straddles a second.  Records (second, state) after
-    each try; returns (that second, the new file's seq)."""
+    each try; returns (that second, the new file's seq).
+
+    Not in a second's first 30 ms: the rewrite child stamps the BASE's ctime with time(2), which
+    Linux serves from the coarse clock, up to one timer tick (4-10 ms) behind the TIME command's
+    gettimeofday -- a rewrite forked 3 ms into second S was stamped S-1 once in CI."""
     for attempt in range(attempts):
         after = marks[-1][0] if marks else None
-        while True:  # the very start of a fresh second
+        while True:  # early in a fresh second, but not its first ticks (below)
             sec, frac = server_second(c)
-            if (after is None or sec > after) and frac < 0.2:
+            if (after is None or sec > after) and 0.03 <= frac < 0.2:
                 break
-            time.sleep(max(0.005, 1.0 - frac))
+            time.sleep(max(0.005, (1.05 - frac) % 1.0))
         c.set(f"w:{tag}{attempt}a", "before the rewrite")
         c.incr("counter")
         if before_rewrite:
