@@ -182,7 +182,8 @@ def test_the_old_postgres_spelling_into_dsn_is_the_standard_to(tmp_path: Path, m
     res = _invoke(_config(tmp_path, {"pg": "postgres"}), "restore", "pg", "--backup", "b1", "--target-dir",
                   str(tmp_path / "t"), "--database", "app", "--into-dsn", "host=h dbname=x", "--keep-archiving")
     assert res.exit_code == 0, res.output
-    assert dict(seen[-1].options) == {"keep_archiving": True, "to": "host=h dbname=x", "database": "app"}
+    assert dict(seen[-1].options) == {"keep_archiving": True, "to": "host=h dbname=x", "database": "app",
+                                      "tablespace_map": ()}
 
 
 def test_backup_type_is_checked_against_the_sources_dumper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,9 @@ class PostgresDumper(Dumper):
         OptionSpec("--to", "Logical backups: pg_restore each database into this running server (a libpq DSN "
                    "or URL without a password).", aliases=("--into-dsn",), metavar="DSN"),
         OptionSpec("--database", "Logical backups: only this database.", metavar="NAME"),
+        OptionSpec("--tablespace-map", "Put tablespace NAME in directory DIR (repeatable; default: "
+                   "<target-dir>-tablespaces/NAME; never the source's own directory).",
+                   multiple=True, metavar="NAME=DIR"),
     )
     options: PgOptions
 
@@ -142,11 +145,22 @@ class PostgresDumper(Dumper):
             stop_server,
             write_recovery_config,
         )
+        from .tablespaces import (
+            clear_tablespaces,
+            extract_tablespaces,
+            place_tablespaces,
+            prepare_tablespaces,
+            relinks,
+            write_tablespace_map,
+        )
 
         t0 = time.monotonic()
         if request.backup_id and not request.point_in_time:
             manifest = repo.get_manifest(request.backup_id, self.source.name)
             if manifest.type == "logical":
+                if request.options["tablespace_map"]:
+                    raise ConfigError("--tablespace-map applies to physical restores; a logical backup is "
+                                      "loaded into a running server with --to, whose tablespaces it uses")
                 check_present(repo, [(f"backup {manifest.id} {s.name}", s) for s in manifest.streams])
                 return self._restore_logical(repo, manifest, request, t0)
         given = [flag for flag, dest in (("--to/--into-dsn", "to"), ("--database", "database"))
@@ -156,9 +170,15 @@ class PostgresDumper(Dumper):
                               "a physical restore lays down a data directory in --target-dir")
         plan = self._plan_physical(repo, request)
         check_present(repo, plan.needs)  # before the target is touched
+        spaces = place_tablespaces(plan.backup, request.target_dir, request.options["tablespace_map"])
         phases = {"plan": time.monotonic() - t0}
         details = dict(plan.details)
         prepare_target(request.target_dir)
+        try:
+            prepare_tablespaces(spaces)
+        except BaseException:
+            clear_tablespaces(spaces)
+            raise
         t1 = time.monotonic()
         port = request.port
         if request.start and not port:
@@ -166,7 +186,11 @@ class PostgresDumper(Dumper):
 
             port = free_port()
         try:
-            details["bytes_restored"] = extract_base(repo, plan.backup, request.target_dir)
+            details["bytes_restored"] = extract_base(repo, plan.backup, request.target_dir, relinks(spaces))
+            if spaces:
+                details["bytes_restored"] += extract_tablespaces(repo, plan.backup, spaces)
+                write_tablespace_map(request.target_dir, spaces)
+                details["tablespaces"] = {p.name: str(p.directory) for p in spaces}
             disabled = restore_config_files(repo, plan.backup, request.target_dir)
             if disabled:
                 details["config_settings_disabled"] = disabled
@@ -178,13 +202,15 @@ class PostgresDumper(Dumper):
                 until=plan.until,
                 timeline=plan.timeline,
             )
-            chown_tree(request.target_dir, self.options.os_user)
-            if request.sync:
-                sync_tree(request.target_dir)
+            for tree in (request.target_dir, *(p.directory for p in spaces)):
+                chown_tree(tree, self.options.os_user)
+                if request.sync:
+                    sync_tree(tree)
             details["durable"] = request.sync
         except BaseException:
             # The directory was empty when we started: leave it so, never half a data directory.
             clear_target(request.target_dir)
+            clear_tablespaces(spaces)
             raise
         phases["download"] = time.monotonic() - t1
         if request.start:

@@ -30,11 +30,6 @@ _STUCK = "still waiting for all required WAL segments to be archived"
 
 
 def _preflight(facts: dict[str, Any], source: str) -> None:
-    if facts["tablespaces"]:
-        raise SourceError(
-            f"source {source} has {facts['tablespaces']} user tablespace(s); drkit 0.1 backs up "
-            "clusters without extra tablespaces only"
-        )
     if facts["archive_mode"] not in ("on", "always") or "wal-push" not in facts["archive_command"]:
         log.warning(
             f"WAL archiving into drkit is not enabled on source {source} (archive_mode="
@@ -58,12 +53,15 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         if refusal:
             log.warning(f"source {source}: {refusal}; backing up through pg_basebackup instead")
         local = refusal is None
+    if not local:
+        _refuse_tablespaces(facts, source, opts)  # before a transaction is opened
     with repo.begin_backup(source, "postgres", "full", started=started) as txn:
         session = txn.session  # streams written through it are the backup's
         base = _local_base(session, opts, facts, label, source) if local else None
         if base is None:
+            _refuse_tablespaces(facts, source, opts)
             base = _pg_basebackup(session, opts, label, source)
-        ref, method, start_lsn, tli, stop_lsn = base
+        ref, method, start_lsn, tli, stop_lsn, tablespaces = base
         stop_time = server_now(opts)
         seg = facts["segment_size"]
         config_refs, config_warnings = _config_outside(repo, session, opts, facts)
@@ -84,6 +82,7 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
             "wal_included": True,
             "archiving": archiving,
             "config_outside_data_dir": [r.name for r in config_refs],
+            "tablespaces": tablespaces,
             "warnings": config_warnings,
             "chunks_new": session.chunks_new,
             "chunks_reused": session.chunks_reused,
@@ -102,7 +101,20 @@ def _local_base(session: WriteSession, opts: PgOptions, facts: dict[str, Any], l
             "backing up through pg_basebackup instead"
         )
         return None
-    return ref, "local", res.start_lsn, res.timeline, res.stop_lsn
+    return ref, "local", res.start_lsn, res.timeline, res.stop_lsn, res.tablespaces
+
+
+def _refuse_tablespaces(facts: dict[str, Any], source: str, opts: PgOptions) -> None:
+    """pg_basebackup writes one tar per tablespace, and only one of them to a stream: a cluster
+    with user tablespaces is backed up node-local (which stores each as its own stream)."""
+    if not facts["tablespaces"]:
+        return
+    why = ("set data_dir and run drkit on the database host as the server's OS user"
+           if opts.data_dir is None else "the node-local path is not possible here (see the warning above)")
+    raise SourceError(
+        f"source {source} has {facts['tablespaces']} user tablespace(s): drkit backs them up node-local only "
+        f"(pg_basebackup can stream one tablespace, not several); {why}. Nothing was stored"
+    )
 
 
 def _pg_basebackup(session: WriteSession, opts: PgOptions, label: str, source: str):  # noqa: ANN202
@@ -148,7 +160,7 @@ def _pg_basebackup(session: WriteSession, opts: PgOptions, label: str, source: s
             proc.kill()
             proc.wait()
         raise
-    return ref, "pg_basebackup", m_start.group(1), int(m_start.group(2)), m_end.group(1)
+    return ref, "pg_basebackup", m_start.group(1), int(m_start.group(2)), m_end.group(1), []
 
 
 def _widen_pipe(fd: int) -> None:

@@ -41,7 +41,7 @@ import struct
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,9 @@ class LocalResult:
     timeline: int
     files: int
     skipped: int
+    #: The user tablespaces outside the data directory, each stored as its own stream:
+    #: ``{"oid", "name", "location", "stream"}`` (see :func:`_tablespaces`).
+    tablespaces: list[dict[str, Any]] = field(default_factory=list)
 
 
 def local_base_backup(
@@ -138,23 +141,59 @@ def local_base_backup(
             raise SourceError(f"pg_backup_start failed: {str(exc).strip()}") from None
         assert row is not None
         start_lsn = row[0]
+        # Inside the backup: files a tablespace gains or loses from here on are WAL-logged.
+        spaces = _tablespaces(conn, Path(opts.data_dir))
+        for space in spaces:  # before base.tar, whose end is pg_backup_stop
+            tree = _DataDirTar(Path(space["location"]), 0, 0, start_lsn, None, top=space["version_dir"])
+            _read_into(session, tree, space["stream"], {"format": "tar", "tablespace": space["name"],
+                                                        "oid": space["oid"]}, progress)
         tar = _DataDirTar(Path(opts.data_dir), int(facts["segment_size"]), int(facts["system_identifier"]),
                           start_lsn, lambda: _stop(conn, pg15))
-        try:
-            ref = session.write_chunks("base.tar", tar.chunks(session.cdc), meta={"format": "tar"},
-                                       progress=progress)
-        except PermissionError as exc:
-            raise SourceError(
-                f"node-local backup: cannot read {exc.filename}: {exc.strerror} (run drkit as the "
-                "server's OS user or root, or remove data_dir to back up through pg_basebackup)"
-            ) from None
-        finally:
-            tar.close()
+        ref = _read_into(session, tar, "base.tar", {"format": "tar"}, progress)
         if tar.result is None:
             raise SourceError("internal error: the data directory stream ended before pg_backup_stop")
+        tar.result.tablespaces = [{k: v for k, v in sp.items() if k != "version_dir"} for sp in spaces]
         return ref, tar.result
     finally:
         conn.close()
+
+
+def _read_into(session: WriteSession, tar: _DataDirTar, name: str, meta: dict[str, Any],
+               progress: Callable[[int], None] | None) -> Any:
+    try:
+        return session.write_chunks(name, tar.chunks(session.cdc), meta=meta, progress=progress)
+    except PermissionError as exc:
+        raise SourceError(
+            f"node-local backup: cannot read {exc.filename}: {exc.strerror} (run drkit as the "
+            "server's OS user or root, or remove data_dir to back up through pg_basebackup)"
+        ) from None
+    finally:
+        tar.close()
+
+
+def _tablespaces(conn: psycopg.Connection, data_dir: Path) -> list[dict[str, Any]]:
+    """The user tablespaces whose directory is outside the data directory, as the server lists
+    them.  Of each, what pg_basebackup sends: the directory of this server version
+    (``PG_<major>_<catalog version>``, the server's TABLESPACE_VERSION_DIRECTORY) -- another
+    version's directory (left by pg_upgrade) is not this cluster's.  In-place tablespaces
+    (``allow_in_place_tablespaces``: a directory under pg_tblspc/) are in base.tar."""
+    rows = conn.execute(
+        "SELECT t.oid::int, t.spcname, pg_tablespace_location(t.oid),"
+        " 'PG_' || current_setting('server_version_num')::int / 10000 || '_' || c.catalog_version_no"
+        " FROM pg_tablespace t, pg_control_system() c"
+        " WHERE t.spcname NOT IN ('pg_default', 'pg_global') ORDER BY t.oid"
+    ).fetchall()
+    out = []
+    for oid, name, location, version_dir in rows:
+        if not location or not os.path.isabs(location):
+            continue
+        link = data_dir / "pg_tblspc" / str(oid)
+        if os.path.realpath(link) != os.path.realpath(location):
+            raise SourceError(f"tablespace {name}: {link} does not lead to its location {location}; "
+                              "the data directory is not the one the server runs on")
+        out.append({"oid": oid, "name": name, "location": location, "version_dir": version_dir,
+                    "stream": f"tablespaces/{oid}.tar"})
+    return out
 
 
 class SlotUnavailable(SourceError):
@@ -191,8 +230,11 @@ class _DataDirTar(io.RawIOBase):
     caller's buffer straight from the files)."""
 
     def __init__(self, data_dir: Path, seg_size: int, sysid: int, start_lsn: str,
-                 stop: Callable[[], tuple[str, str, str]]) -> None:
+                 stop: Callable[[], tuple[str, str, str]] | None, *, top: str | None = None) -> None:
+        """``stop`` ends the backup after the walk (the data directory); with ``top`` the stream
+        is one tablespace's tree instead: ``data_dir/top`` and nothing after it."""
         self.root = data_dir
+        self.top = top
         self.seg_size = seg_size
         self.sysid = sysid
         self.start_lsn = start_lsn
@@ -304,7 +346,18 @@ class _DataDirTar(io.RawIOBase):
 
     # -- the stream, piece by piece ------------------------------------------------------------
     def _generate(self) -> Iterator[bytes | _File]:
+        if self.top is not None:
+            top = self.root / self.top
+            try:
+                st = os.stat(top)
+            except FileNotFoundError:
+                raise SourceError(f"tablespace directory {top} is missing") from None
+            yield _header(self.top, 0, st.st_mode, int(st.st_mtime), tarfile.DIRTYPE)
+            yield from self._walk(top, self.top)
+            yield bytes(2 * BLOCK)
+            return
         yield from self._walk(self.root, "")
+        assert self._stop is not None
         stop_lsn, labelfile, spcmap = self._stop()
         m = _TIMELINE_RE.search(labelfile)
         if not m:
@@ -356,7 +409,8 @@ class _DataDirTar(io.RawIOBase):
             names = sorted(os.listdir(path))
         except FileNotFoundError:
             return
-        in_db_dir = rel.startswith(("base/", "pg_tblspc/")) or rel == "global"
+        in_db_dir = (rel.startswith(("base/", "pg_tblspc/")) or rel == "global"
+                     or (self.top is not None and rel.startswith(f"{self.top}/")))
         unlogged = _unlogged_relfilenodes(names) if in_db_dir else set()
         for name in names:
             sub_rel = f"{rel}/{name}" if rel else name

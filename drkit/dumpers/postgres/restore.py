@@ -32,14 +32,16 @@ def drkit_executable() -> str:
     return found
 
 
-def extract_base(repo: Repository, manifest: Manifest, target: Path) -> int:
-    """Stream base.tar from the repository into ``target``; return bytes restored."""
+def extract_base(repo: Repository, manifest: Manifest, target: Path,
+                 relink: dict[str, Path] | None = None) -> int:
+    """Stream base.tar from the repository into ``target``; return bytes restored.  ``relink``:
+    the tablespace links and where they lead now (:mod:`.tablespaces`)."""
     from drkit.repository.reader import iter_stream
 
     from .untar import extract
 
     ref = manifest.stream("base.tar")
-    extract(iter_stream(repo, ref), target)
+    extract(iter_stream(repo, ref), target, relink)
     return ref.size
 
 

@@ -88,8 +88,13 @@ def _safe(name: str, what: str) -> PurePosixPath:
     return path
 
 
-def extract(chunks: Iterator[bytes], target: Path) -> int:
-    """Extract a tar stream into ``target``; return the number of entries written."""
+def extract(chunks: Iterator[bytes], target: Path, relink: dict[str, Path] | None = None) -> int:
+    """Extract a tar stream into ``target``; return the number of entries written.
+
+    ``relink`` maps the path of a symlink in the stream (``pg_tblspc/16400``) to the directory it
+    is to point at instead of its stored target (a tablespace's new place); every other symlink
+    must stay inside the target.  A mapped entry missing from the stream is created anyway."""
+    relink = dict(relink or {})
     feed = _Feed(chunks)
     entries = 0
     long_name: str | None = None
@@ -99,8 +104,13 @@ def extract(chunks: Iterator[bytes], target: Path) -> int:
         header = feed.take(BLOCK)
         if header is None or len(header) < BLOCK:
             raise IntegrityError("tar stream ends without its end-of-archive marker")
-        if header == bytes(BLOCK):
-            return entries  # end of archive (a second zero block may follow; not needed)
+        if header == bytes(BLOCK):  # end of archive (a second zero block may follow; not needed)
+            for rel_link, where in relink.items():
+                dest = target.joinpath(*_safe(rel_link, "path").parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(where, dest)
+                entries += 1
+            return entries
         stored = _octal(header[148:156])
         computed = sum(header[:148]) + 8 * 32 + sum(header[156:])
         if stored != computed:
@@ -143,9 +153,11 @@ def extract(chunks: Iterator[bytes], target: Path) -> int:
             os.chmod(dest, mode or 0o700)
             feed.pipe(padded, None)
         elif kind == b"2":
-            _safe(link, "symlink target")
+            mapped = relink.pop(str(rel), None)
+            if mapped is None:
+                _safe(link, "symlink target")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(link, dest)
+            os.symlink(mapped if mapped is not None else link, dest)
             feed.pipe(padded, None)
         else:
             raise DrkitError(f"unsupported tar entry type {kind!r} for {name!r} in the backup")
