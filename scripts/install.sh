@@ -64,6 +64,11 @@ command -v cc >/dev/null 2>&1 || PACKAGES+=(build-essential)
 # packages unless a java/mvn is already on PATH (e.g. a JDK installed by other means).
 command -v java >/dev/null 2>&1 || PACKAGES+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || PACKAGES+=(maven)
+# Headless Chromium prints the drill/quarterly HTML reports to PDF (`drkit report quarterly --pdf`);
+# pdftoppm (poppler-utils) renders the PDF's pages in the report tests.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || PACKAGES+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || PACKAGES+=(poppler-utils)
 if [[ $BENCH -eq 1 ]]; then
   PACKAGES+=(pgbackrest restic)
 fi

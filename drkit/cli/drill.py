@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Where the scratch "
               "directory goes (default: the system's temporary directory).")
 @click.option("--keep", is_flag=True, help="Leave the scratch directory (the instance is stopped either way).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="Also write the drill's report into DIR: ID.json, ID.md and a self-contained ID.html.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool, rpo_target: str | None,
-          rto_target: str | None, workdir: Path | None, keep: bool, as_json: bool) -> None:
+          rto_target: str | None, workdir: Path | None, keep: bool, report_dir: Path | None, as_json: bool) -> None:
     """Restore SOURCE into a scratch instance, check that it serves, and measure the achieved RPO
     (now minus the newest restorable time) and RTO (start to a checked, serving instance) against
     the targets. The instance is stopped and removed afterwards; the result is stored in the
@@ -49,7 +51,14 @@ def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool,
     lines += [f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'} {c['detail']}" for c in report.checks]
     lines += [f"  failure: {f}" for f in report.failures]
     lines.append(f"  stored as {report.stored_as}")
-    emit(report.as_dict(), as_json, "\n".join(lines))
+    data = report.as_dict()
+    if report_dir is not None:
+        from drkit.drills.report import coverage_of, write_drill_report
+
+        written = write_drill_report(data, report_dir, coverage_of(app.config, source))
+        data["report_files"] = [str(p) for p in written]
+        lines.append(f"  report: {', '.join(data['report_files'])}")
+    emit(data, as_json, "\n".join(lines))
     if not report.passed:
         raise SystemExit(13)
 

@@ -348,6 +348,9 @@ from drkit.cli.drill import drill, plan_group  # noqa: E402 - drkit/cli/drill.py
 
 cli.add_command(drill)
 cli.add_command(plan_group)
+from drkit.cli.report import report_group  # noqa: E402 - drkit/cli/report.py
+
+cli.add_command(report_group)
 
 
 def _register_plugins() -> None:
