@@ -18,7 +18,8 @@ from drkit.repository.manifest import iso, utcnow
 from drkit.repository.writer import WriteSession
 
 from .options import PgOptions
-from .server import read_server_files, server_facts, server_now
+from .server import read_server_files, server_now
+from .standby import Node
 from .wal import check_system_id
 from .walnames import lsn_segno, parse_lsn, segment_name
 
@@ -29,20 +30,33 @@ _END_RE = re.compile(r"write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)")
 _STUCK = "still waiting for all required WAL segments to be archived"
 
 
-def _preflight(facts: dict[str, Any], source: str) -> None:
-    if facts["archive_mode"] not in ("on", "always") or "wal-push" not in facts["archive_command"]:
+def _archiving(repo: Repository, source: str, node: Node) -> bool:
+    """Whether WAL reaches this source's archive: judged by the primary's settings, or -- when
+    the backup reads a standby and the primary is not known -- by the archive in the repository
+    (a standby's own archive_mode says nothing about what the primary archives)."""
+    primary = node.primary
+    if primary is not None:
+        on = primary["archive_mode"] in ("on", "always") and "wal-push" in primary["archive_command"]
+        what = f"on the primary (archive_mode={primary['archive_mode']})"
+    else:
+        on = bool(repo.list_log_names(source))
+        what = "in the repository (no WAL archived for this source yet)"
+    if not on:
         log.warning(
-            f"WAL archiving into drkit is not enabled on source {source} (archive_mode="
-            f"{facts['archive_mode']}): this backup restores only to its own end point. For "
-            f"point-in-time recovery set archive_mode=on and "
-            f"archive_command='drkit --config FILE pg wal-push --source {source} %p'"
+            f"WAL archiving into drkit is not enabled {what} for source {source}: this backup restores only "
+            f"to its own end point. For point-in-time recovery set archive_mode=on and "
+            f"archive_command='drkit --config FILE pg wal-push --source {source} %p' on the primary"
         )
+    return on
 
 
 def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
-    facts = server_facts(opts)
-    _preflight(facts, source)
+    from .standby import choose_node
+
+    node = choose_node(source, opts)
+    facts, opts = node.facts, node.opts
     check_system_id(repo, source, int(facts["system_identifier"]))
+    archiving = _archiving(repo, source, node)
     started = utcnow()
     label = f"drkit {source} {iso(started)}"
     local = False
@@ -65,7 +79,6 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
         stop_time = server_now(opts)
         seg = facts["segment_size"]
         config_refs, config_warnings = _config_outside(repo, session, opts, facts)
-        archiving = facts["archive_mode"] in ("on", "always")
         return txn.commit(metadata={
             "method": method,
             "start_lsn": start_lsn,
@@ -79,6 +92,7 @@ def full_backup(repo: Repository, source: str, opts: PgOptions) -> Manifest:
             "system_identifier": facts["system_identifier"],
             "segment_size": seg,
             "from_standby": facts["in_recovery"],
+            **({"standby": node.standby, "standby_lag_seconds": node.lag_seconds} if node.standby else {}),
             "wal_included": True,
             "archiving": archiving,
             "config_outside_data_dir": [r.name for r in config_refs],

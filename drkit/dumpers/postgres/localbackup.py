@@ -96,8 +96,6 @@ def local_refusal(opts: PgOptions, facts: dict[str, Any]) -> str | None:
             f"(server: {facts['data_directory']}, system identifier {facts['system_identifier']}; "
             f"{control}: {sysid}); fix data_dir or remove it to back up through pg_basebackup"
         )
-    if facts["in_recovery"]:
-        return "node-local backups are taken from a primary only; this server is a standby"
     if opts.max_rate:
         return "max_rate is set (node-local backups are not rate-limited)"
     if int(facts["server_version_num"]) < 100000:
@@ -148,7 +146,7 @@ def local_base_backup(
             _read_into(session, tree, space["stream"], {"format": "tar", "tablespace": space["name"],
                                                         "oid": space["oid"]}, progress)
         tar = _DataDirTar(Path(opts.data_dir), int(facts["segment_size"]), int(facts["system_identifier"]),
-                          start_lsn, lambda: _stop(conn, pg15))
+                          start_lsn, lambda: _stop(conn, pg15, bool(facts["in_recovery"])))
         ref = _read_into(session, tar, "base.tar", {"format": "tar"}, progress)
         if tar.result is None:
             raise SourceError("internal error: the data directory stream ended before pg_backup_stop")
@@ -200,7 +198,7 @@ class SlotUnavailable(SourceError):
     """A temporary replication slot could not be created (e.g. max_replication_slots = 0)."""
 
 
-def _stop(conn: psycopg.Connection, pg15: bool) -> tuple[str, str, str]:
+def _stop(conn: psycopg.Connection, pg15: bool, standby: bool = False) -> tuple[str, str, str]:
     sql = ("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)" if pg15
            else "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)")
     try:
@@ -209,6 +207,11 @@ def _stop(conn: psycopg.Connection, pg15: bool) -> tuple[str, str, str]:
         raise SourceError(f"pg_backup_stop failed: {str(exc).strip()}") from None
     assert row is not None
     stop_lsn, labelfile, spcmap = row[0], row[1] or "", row[2] or ""
+    if standby:
+        # On a standby the stop point is its minimum recovery point: WAL it has received,
+        # flushed and replayed already.  There is no segment switch: the stop segment in
+        # pg_wal is the standby's partial copy (restores past it read the archive's).
+        return stop_lsn, labelfile, spcmap
     # pg_backup_stop switched WAL segments, which flushes; make sure before reading pg_wal.
     deadline = time.monotonic() + 60
     while not conn.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (stop_lsn,)).fetchone()[0]:  # type: ignore[index]

@@ -32,6 +32,23 @@ AbsolutePath = Annotated[FilePath, AfterValidator(_absolute), Field(description=
 Databases = Annotated[tuple[Annotated[str, Strict(), Field(min_length=1)], ...], Strict(False),
                       Field(description="a list of database names")]
 Checkpoint = Annotated[Literal["fast", "spread"], Field(description="fast or spread")]
+BackupFrom = Annotated[Literal["primary", "standby", "prefer-standby"],
+                       Field(description="primary, standby or prefer-standby")]
+Dsns = Annotated[tuple[Annotated[str, Strict(), Field(min_length=1)], ...], Strict(False),
+                 Field(description="a list of libpq connection strings")]
+
+
+def _seconds(value: Any) -> Any:
+    """60, 60.5, "60s", "2m" -> seconds (a float); anything else is left for the validator."""
+    if isinstance(value, str):
+        text = value.strip()
+        for suffix, mult in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+            if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+                return float(text[: -len(suffix)]) * mult
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0, description="seconds, or a time such as 60s or 2m")]
 
 
 @with_config({"extra": "forbid"})
@@ -45,8 +62,15 @@ class PgOptions:
     databases: Databases = ()  # logical backups: empty = every connectable database
     checkpoint: Checkpoint = "fast"
     max_rate: MaxRate | None = None
-    # Node-local full backups: the server's data directory, readable by drkit on this host.
+    # Node-local full backups: the server's data directory, readable by drkit on this host (with
+    # backup_from standby/prefer-standby: the standby's).
     data_dir: AbsolutePath | None = None
+    # Full backups from a streaming standby: its DSN (or several, tried in order), which node a
+    # full backup reads, and how far behind the primary a standby may be (see standby.py).
+    standby_dsn: Text | None = None
+    standbys: Dsns = ()
+    backup_from: BackupFrom = "primary"
+    max_standby_lag: Seconds = 60.0
     # The source's name, for messages (not a setting of the file).
     source: InitVar[str | None] = None
 
@@ -77,6 +101,9 @@ class PgOptions:
         Raises ConfigError when ``password_env`` names a variable that is not set."""
         owner = getattr(self, "_source", None)
         return read_password(self.password_env, self.password_file, owner=f"sources.{owner}" if owner else None)
+
+    def standby_dsns(self) -> tuple[str, ...]:
+        return ((self.standby_dsn,) if self.standby_dsn else ()) + tuple(self.standbys)
 
     def tool(self, name: str) -> str:
         path = self.bin_dir / name
@@ -124,7 +151,7 @@ def find_bin_dir() -> Path | None:
 
 
 SETTINGS = {"dsn", "bin_dir", "password_env", "password_file", "os_user", "databases", "checkpoint", "max_rate",
-            "data_dir"}
+            "data_dir", "standby_dsn", "standbys", "backup_from", "max_standby_lag"}
 
 
 def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
@@ -143,6 +170,12 @@ def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
         if found is None:
             raise ConfigError(f"{where}.bin_dir: no PostgreSQL client tools found; install postgresql or set bin_dir")
         given["bin_dir"] = found
+    for i, sdsn in enumerate(([raw["standby_dsn"]] if isinstance(raw.get("standby_dsn"), str) else [])
+                             + [d for d in (raw.get("standbys") or []) if isinstance(d, str)]):
+        check_no_password(sdsn, f"{where}.standby_dsn" if i == 0 and raw.get("standby_dsn") else f"{where}.standbys")
     opts = validate_section(PgOptions, given, ("sources", source), allowed=SETTINGS, fixed={"source": source})
     assert opts is not None
+    if opts.backup_from != "primary" and not opts.standby_dsns():
+        raise ConfigError(f"{where}.backup_from is {opts.backup_from}: name the standby in {where}.standby_dsn "
+                          "(or standbys)")
     return opts
