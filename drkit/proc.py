@@ -70,3 +70,17 @@ def install_stop_handlers(stop: threading.Event, what: str = "sealing the curren
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive this process, even after a SIGKILL of
+    it (Linux PR_SET_PDEATHSIG: the kernel sends the child SIGTERM when we die); a no-op
+    elsewhere."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass

@@ -20,7 +20,7 @@ from drkit.errors import OutsideWindow
 from drkit.repository import LogRecord, Manifest
 from drkit.repository.manifest import parse_iso
 
-from .walnames import HISTORY_RE, lsn_segno, parse_lsn, parse_segment, segment_name
+from .walnames import HISTORY_RE, RECEIVED_RE, lsn_segno, parse_lsn, parse_segment, segment_name
 
 
 @dataclass
@@ -33,6 +33,9 @@ class SegmentInfo:
     times_known: bool = True
     closed_at: datetime | None = None  # the segment file's last write (it was complete then)
     pushed: datetime | None = None  # when its record was committed
+    #: A sealed partial copy (``drkit pg receive``) standing in for a segment not archived
+    #: complete (yet): replay ends inside it, so a run of segments ends with it.
+    partial: bool = False
 
 
 @dataclass
@@ -57,8 +60,9 @@ class Plan:
 
     @property
     def last_segment(self) -> str | None:
-        """The last WAL segment recovery may read: the end of the chain this plan was made on."""
-        return self.chain.segments[-1].name if self.chain.segments else self.backup.metadata.get("stop_wal")
+        """The last WAL segment recovery may read: the end of the chain this plan was made on
+        (a segment's name, also when the chain ends with a sealed partial copy of it)."""
+        return self.chain.segments[-1].name[:24] if self.chain.segments else self.backup.metadata.get("stop_wal")
 
     @property
     def timeline(self) -> int:
@@ -140,6 +144,25 @@ class WalCatalog:
                 )
             elif HISTORY_RE.match(rec.name):
                 self.histories[int(rec.name[:8], 16)] = rec.metadata.get("history", [])
+        # Sealed partial copies, the newest of each segment, where no complete copy is archived.
+        for rec in records:
+            m = RECEIVED_RE.match(rec.name)
+            parsed = parse_segment(m.group(1), seg_size) if m else None
+            if not parsed or parsed in self.segments and not self.segments[parsed].partial:
+                continue
+            prev = self.segments.get(parsed)
+            if prev is not None and prev.name > rec.name:
+                continue
+            md = rec.metadata
+            self.segments[parsed] = SegmentInfo(
+                rec.name, parsed[0], parsed[1],
+                parse_iso(md["first_commit"]) if md.get("first_commit") else None,
+                parse_iso(md["last_commit"]) if md.get("last_commit") else None,
+                bool(md.get("commit_times_ok", True)),
+                parse_iso(md["closed_at"]) if md.get("closed_at") else None,
+                parse_iso(rec.pushed) if rec.pushed else None,
+                partial=True,
+            )
 
     def timeline_path(self, base_tli: int, base_stop_lsn: int) -> list[tuple[int, int]]:
         """The ancestry PostgreSQL follows with recovery_target_timeline='latest'."""
@@ -233,6 +256,9 @@ class WalCatalog:
                 missing = f"{info.name} (commit times unknown)"
                 break
             segs.append(info)
+            if info.partial:  # replay ends inside it: the complete segment is what is missing
+                missing = f"{segment_name(t, n, self.seg_size)} (only a partial copy is sealed)"
+                break
             n += 1
         run = _Run(segno, segs, missing)
         for k in range(segno, segno + len(segs)):

@@ -21,7 +21,15 @@ from drkit.repository import Repository
 from drkit.repository.format import object_aad
 
 from .options import PgOptions
-from .walnames import BACKUP_RE, HISTORY_RE, PARTIAL_RE, SEGMENT_RE, is_valid_wal_name, parse_segment
+from .walnames import (
+    BACKUP_RE,
+    HISTORY_RE,
+    PARTIAL_RE,
+    RECEIVED_RE,
+    SEGMENT_RE,
+    is_valid_wal_name,
+    parse_segment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +494,11 @@ def wal_fetch(repo: Repository, source: str, name: str, dest: Path, prefetch: in
     """
     record = repo.get_log(source, name)
     spool = spool_dir(dest)
+    if record is None and SEGMENT_RE.match(name):
+        record = newest_received(repo, source, name)
+        if record is not None:
+            log.info("%s is not archived complete: serving its sealed partial copy %s", name, record.name)
+            prefetch = 0  # replay ends inside it
     if record is None:
         if spool is not None and spool.is_dir():
             shutil.rmtree(spool, ignore_errors=True)  # end of the archive: nothing more to serve
@@ -499,6 +512,12 @@ def wal_fetch(repo: Repository, source: str, name: str, dest: Path, prefetch: in
             for leftover in spool.glob("*.drkit-tmp"):
                 leftover.unlink(missing_ok=True)
     return True
+
+
+def newest_received(repo: Repository, source: str, segment: str) -> Any:
+    """The newest sealed partial copy of ``segment`` (``drkit pg receive``), or None."""
+    names = [n for n in repo.list_log_names(source) if RECEIVED_RE.match(n) and n[:24] == segment]
+    return repo.get_log(source, max(names)) if names else None
 
 
 def _prefetch(repo: Repository, source: str, name: str, spool: Path, count: int, seg_size: int) -> None:

@@ -9,6 +9,9 @@ SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
+#: A sealed partial copy of a segment from ``drkit pg receive``: the segment's name and the
+#: byte offset its received WAL reaches (hex), so each seal is its own, immutable record.
+RECEIVED_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.received$")
 DEFAULT_SEG_SIZE = 16 * 1024 * 1024
 
 
