@@ -275,7 +275,7 @@ PG_BAD = [
     ({"password_env": True}, "password_env", "expected a non-empty string or null, got true"),
     ({"password_file": ["a"]}, "password_file", "expected a path or null, got a list"),
     ({"bin_dir": 3}, "bin_dir", "expected a path, got 3"),
-    ({"checkpint": "fast"}, "checkpint", "unknown setting (allowed: bin_dir, checkpoint, data_dir, databases, dsn,"),
+    ({"checkpint": "fast"}, "checkpint", "unknown setting (allowed: backup_from, bin_dir, checkpoint, data_dir, databases, dsn,"),
     ({"source": "other"}, "source", "unknown setting"),  # the InitVar is not a setting of the file
 ]
 
