@@ -9,6 +9,7 @@ import click
 
 if TYPE_CHECKING:
     from drkit.cli.main import AppContext
+    from drkit.scheduling.policy import DrillSpec
 
 
 @click.command()
@@ -22,25 +23,30 @@ if TYPE_CHECKING:
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Where the scratch "
               "directory goes (default: the system's temporary directory).")
 @click.option("--keep", is_flag=True, help="Leave the scratch directory (the instance is stopped either way).")
+@click.option("--schedules", "schedules", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="The policies' directory, for the targets and the source's checks (default: schedules/ "
+              "next to the configuration file, when it exists).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Also write the drill's report into DIR: ID.json, ID.md and a self-contained ID.html.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool, rpo_target: str | None,
-          rto_target: str | None, workdir: Path | None, keep: bool, report_dir: Path | None, as_json: bool) -> None:
-    """Restore SOURCE into a scratch instance, check that it serves, and measure the achieved RPO
-    (now minus the newest restorable time) and RTO (start to a checked, serving instance) against
-    the targets. The instance is stopped and removed afterwards; the result is stored in the
-    repository (drills/SOURCE/ID). Exits 13 when a target is missed or the drill fails."""
+          rto_target: str | None, workdir: Path | None, keep: bool, schedules: Path | None, report_dir: Path | None,
+          as_json: bool) -> None:
+    """Restore SOURCE into a scratch instance, check that it serves, run the checks its policy
+    declares (drills: SOURCE: checks), and measure the achieved RPO (now minus the newest
+    restorable time) and RTO (start to a checked, serving instance) against the targets. The
+    instance is stopped and removed afterwards; the result is stored in the repository
+    (drills/SOURCE/ID). Exits 13 when a target is missed, a check fails or the drill fails."""
     from drkit.cli.main import emit, parse_time
     from drkit.drills.run import run_drill
     from drkit.errors import ConfigError
 
     if latest and point_in_time:
         raise ConfigError("--latest and --point-in-time exclude each other")
-    rpo, rto = _targets(app, source, rpo_target, rto_target)
+    rpo, rto, spec = _targets(app, source, rpo_target, rto_target, schedules)
     report = run_drill(app.config, source, point_in_time=parse_time(point_in_time) if point_in_time else None,
-                       rpo_target=rpo, rto_target=rto, workdir=workdir, keep=keep)
+                       rpo_target=rpo, rto_target=rto, workdir=workdir, keep=keep, spec=spec)
     lines = [f"drill {report.id} of {source} ({report.datastore}): {'PASSED' if report.passed else 'FAILED'}",
              f"  RPO {_s(report.rpo_seconds)} (target {_s(report.targets['rpo_seconds'])}; newest restorable "
              f"time {report.newest_safe_time})",
@@ -49,6 +55,10 @@ def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool,
     if report.restored_to:
         lines.append(f"  restored backup {report.backup} to {report.restored_to}")
     lines += [f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'} {c['detail']}" for c in report.checks]
+    if report.app is not None:
+        a = report.app
+        lines.append(f"  app {a['command'][0]}: " + (f"{a.get('end')}, exit code {a.get('exit_code')}"
+                                                      if a.get("started") else str(a.get("error"))))
     lines += [f"  failure: {f}" for f in report.failures]
     lines.append(f"  stored as {report.stored_as}")
     data = report.as_dict()
@@ -67,8 +77,10 @@ def _s(v: float | None) -> str:
     return "unbounded" if v is None else f"{v:.1f} s"
 
 
-def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None) -> tuple[float | None, float | None]:
-    """The flags, else the source's policy in schedules/ (when there is one), else the defaults."""
+def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None,
+             schedules: Path | None = None) -> tuple[float | None, float | None, DrillSpec | None]:
+    """The flags, else the source's policy in schedules/ (when there is one), else the defaults;
+    and the source's checks from that policy (``--schedules DIR`` must exist when given)."""
     from drkit.errors import ConfigError
     from drkit.scheduling.policy import _span, load_policies, policy_of, schedules_dir
 
@@ -81,13 +93,17 @@ def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None) -> 
             raise ConfigError(f"{flag}: {exc}") from None
 
     got = [parse(rpo, "--rpo-target"), parse(rto, "--rto-target")]
-    if None in got:
-        directory = schedules_dir(app.config)
-        if directory.is_dir():
-            p = policy_of(load_policies(directory, app.config), source)
-            if p is not None:
-                got = [got[0] or p.targets.rpo, got[1] or p.targets.rto]
-    return got[0], got[1]
+    spec = None
+    directory = schedules if schedules is not None else (schedules_dir(app.config) if app.config.path else None)
+    if directory is not None and (schedules is not None or directory.is_dir()):
+        p = policy_of(load_policies(directory, app.config), source)
+        if p is not None:
+            got = [got[0] or p.targets.rpo, got[1] or p.targets.rto]
+            spec = p.drills.get(source)
+        elif schedules is not None:
+            raise ConfigError(f"no policy in {directory} names source {source!r} (add it to a policy's sources, "
+                              "or leave out --schedules)")
+    return got[0], got[1], spec
 
 
 @click.group(name="plan")

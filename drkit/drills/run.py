@@ -8,7 +8,9 @@
 3. *Restore* with ``--start`` into a scratch directory: the dumper lays the data down and starts a
    server on it (PostgreSQL and Redis on the restored files, MongoDB a scratch server it restores
    into), exactly as ``drkit restore`` does.
-4. *Checks*: the dumper asks the serving instance what it holds (``Dumper.check_restored``).
+4. *Checks*: the dumper asks the serving instance what it holds (``Dumper.check_restored``), then
+   the user checks of the source's policy run (drkit/drills/checks.py): data checks through
+   ``Dumper.run_query``, HTTP checks against the operator's application started on the instance.
 5. **RTO** = wall time from the drill's start to a checked, serving instance: the phases (plan,
    restore with its own phases, checks) add up to it.  Then the instance is stopped and the
    directory removed (``--keep`` keeps them for a look).
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drkit.config import Config
 from drkit.dumpers import RestoreRequest, RestoreResult, dumper_for
@@ -36,6 +38,9 @@ from drkit.errors import DrkitError
 from drkit.repository import leases
 from drkit.repository.drills import put_drill
 from drkit.repository.manifest import iso
+
+if TYPE_CHECKING:
+    from drkit.scheduling.policy import DrillSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class DrillReport:
     checks: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)  # plan_restore's bytes and prediction
+    app: dict[str, Any] | None = None  # the operator's application of the HTTP checks (its output's tail)
     failures: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
     stored_as: str | None = None
@@ -82,7 +88,8 @@ def new_drill_id(now: datetime) -> str:
 
 def run_drill(config: Config, source: str, *, point_in_time: datetime | None = None, rpo_target: float | None = None,
               rto_target: float | None = None, workdir: Path | None = None, keep: bool = False,
-              store: bool = True) -> DrillReport:
+              store: bool = True, spec: DrillSpec | None = None) -> DrillReport:
+    """``spec``: the user checks (and app) of the source's policy, run after the built-in check."""
     from drkit import ops
 
     t0 = time.monotonic()
@@ -132,13 +139,22 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
         facts = dumper.check_restored(result)
         report.facts = facts
         report.checks.append({"name": "serving", "ok": True, "detail": str(facts.get("serving", ""))})
+        if spec is not None and spec.checks:
+            from drkit.drills.checks import run_user_checks
+
+            user, report.app = run_user_checks(dumper, result, spec, scratch)
+            report.checks += user
+            report.failures += [f"check {c['name']} failed: {c['detail']}" for c in user if not c["ok"]]
         phase("checks")
         report.rto_seconds = round(marks[-1] - t0, 3)
     except DrkitError as exc:
         report.error = {"type": type(exc).__name__, "exit_code": exc.exit_code, "message": str(exc)}
         report.failures.append(f"the drill failed: {exc}")
-        if not report.checks or report.checks[-1]["name"] != "serving":
+        if not any(c["name"] == "serving" for c in report.checks):
             report.checks.append({"name": "serving", "ok": False, "detail": str(exc)})
+        done = {c["name"] for c in report.checks}
+        report.checks += [{"name": c.name, "ok": False, "detail": "not run: the drill failed before its checks"}
+                          for c in (spec.checks if spec is not None else []) if c.name not in done]
     finally:
         if result is not None:
             try:

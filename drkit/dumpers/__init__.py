@@ -194,6 +194,24 @@ class Dumper(abc.ABC):
         """Stop the instance a ``--start`` restore left serving (a drill's cleanup)."""
         raise ConfigError(f"the {self.datastore} dumper cannot stop a restored instance yet")
 
+    # -- a drill's user checks (drkit/drills/checks.py; policy ``drills: {SOURCE: {checks, app}}``) --
+    @classmethod
+    def query_problem(cls, query: Any) -> str | None:
+        """What is wrong with the form of a data check's ``query`` for this datastore (None: nothing),
+        for ``schedule lint`` and the drill, before any server is asked."""
+        return f"the {cls.datastore or cls.__name__} dumper has no data checks (remove the check's 'query')"
+
+    def run_query(self, result: RestoreResult, query: Any, database: str | None = None) -> list[str]:
+        """Run a data check's ``query`` against the instance a ``--start`` restore left serving;
+        return its rows as text (the first row is what ``expect`` compares).  A query the instance
+        refuses raises DrkitError with the server's message (never a secret)."""
+        raise ConfigError(f"this datastore ({self.datastore}) has no data checks")
+
+    def restored_env(self, result: RestoreResult) -> dict[str, str]:
+        """The environment a drill gives the operator's application so it reaches the restored
+        instance: ``DRKIT_RESTORED_URL`` (no password), plus the datastore's own variables."""
+        return {"DRKIT_RESTORED_URL": result.into} if result.into else {}
+
     def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
         """A throw-away server of this datastore started on ``workdir`` (over the restored files
         ``restored``, where the datastore restores into a directory), for restores and drills:

@@ -15,6 +15,12 @@ retention:                         # the retention model of CONTRACTS.md (source
 targets:
   rpo: 15m
   rto: 4h
+drills:                            # per source: the user checks ``drkit drill`` runs (docs/drills.md)
+  main-pg:
+    checks:
+      - {name: schema, query: "SELECT max(version) FROM schema_migrations", expect: "42"}
+      - {name: health, url: "http://127.0.0.1:8080/health", expect_status: 200}
+    app: {command: [/srv/app/bin/serve, --port, "8080"], env: {APP_MODE: drill}, ready_timeout: 60s}
 ```
 
 Validated with the configuration's schema machinery (pydantic): every problem names the file,
@@ -31,7 +37,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, with_config
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, with_config
 
 from drkit.config import Config, Flag, Text, load_yaml, problem, validate_section
 from drkit.errors import ConfigError
@@ -82,6 +88,115 @@ class Targets:
     rto: Span | None = None
 
 
+def _query(value: object) -> object:
+    ok = (isinstance(value, str) and value.strip()) or (
+        isinstance(value, list) and value and all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                                  for v in value)) or (isinstance(value, dict) and value)
+    if not ok:
+        raise ValueError("not a query")
+    return [str(v) for v in value] if isinstance(value, list) else value
+
+
+def _text(value: object) -> object:
+    """``expect: 42`` in YAML is a number: the first row is compared as text."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Query = Annotated[object, AfterValidator(_query), Field(description=(
+    "a query: a string (SQL, or a Redis command such as 'GET config:version'), a list of strings (a Redis "
+    "command's words) or a mapping (a MongoDB query: {db, collection, filter} or {db, command})"))]
+Expect = Annotated[str, BeforeValidator(_text), Strict(), Field(description="the first row, as text")]
+Rows = Annotated[int, Strict(), Field(ge=0, description="a number of rows (0 or more)")]
+Status = Annotated[int, Strict(), Field(ge=100, le=599, description="an HTTP status code (100-599)")]
+Url = Annotated[str, Strict(), Field(pattern=r"^https?://[^\s/]+", description="an http:// or https:// URL")]
+Command = Annotated[list[Text], Field(min_length=1, description="the command and its arguments: a non-empty "
+                                      "list of strings")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class Check:
+    """A user check of a drill: a data check (``query`` with ``expect`` or ``expect_rows``) or an
+    HTTP check (``url`` with ``expect_status``) against the policy's ``app``."""
+
+    name: Text
+    query: Query | None = None
+    database: Text | None = None  # where the query runs (the datastore's default when not given)
+    expect: Expect | None = None
+    expect_rows: Rows | None = None
+    url: Url | None = None
+    expect_status: Status | None = None  # default 200
+    deadline: Span | None = None  # HTTP: retried until then (default: the app's ready_timeout)
+
+    @property
+    def http(self) -> bool:
+        return self.url is not None
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class App:
+    """The operator's application, started against the restored instance for the HTTP checks."""
+
+    command: Command
+    env: dict[Text, Annotated[str, BeforeValidator(_text), Strict()]] = field(default_factory=dict)
+    ready_timeout: Span = 60.0  # the HTTP checks' deadline (each) unless a check sets its own
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class DrillSpec:
+    checks: list[Check] = field(default_factory=list)
+    app: App | None = None
+
+
+Loc = tuple[str | int, ...]
+
+
+def check_problems(c: Check) -> list[tuple[Loc, str]]:
+    """What pydantic's field types cannot say: which fields go together (loc relative to the check)."""
+    out: list[tuple[Loc, str]] = []
+    if (c.query is None) == (c.url is None):
+        out.append(((), "a check has either 'query' (a data check) or 'url' (an HTTP check)"))
+    elif c.query is not None:
+        if (c.expect is None) == (c.expect_rows is None):
+            out.append(((), "a data check has exactly one of 'expect' (the first row as text) or 'expect_rows' "
+                        "(the number of rows)"))
+        out += [((k,), f"'{k}' belongs to an HTTP check (one with 'url')")
+                for k in ("expect_status", "deadline") if getattr(c, k) is not None]
+    else:
+        out += [((k,), f"'{k}' belongs to a data check (one with 'query')")
+                for k in ("expect", "expect_rows", "database") if getattr(c, k) is not None]
+    return out
+
+
+def drill_problems(spec: DrillSpec) -> list[tuple[Loc, str]]:
+    """Every cross-field problem of a parsed spec (loc relative to the spec)."""
+    out: list[tuple[Loc, str]] = []
+    for i, c in enumerate(spec.checks):
+        out += [(("checks", i, *sub), text) for sub, text in check_problems(c)]
+    out += _names_and_app([c.name for c in spec.checks], any(c.http for c in spec.checks), spec.app is not None)
+    return out
+
+
+def _names_and_app(names: list[str | None], http: bool, app: bool) -> list[tuple[Loc, str]]:
+    out: list[tuple[Loc, str]] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name is None:
+            continue
+        if name in seen or name == "serving":
+            why = "already used by another check" if name in seen else "the built-in check's"
+            out.append((("checks", i, "name"), f"the check name {name!r} is {why}; give each check its own name"))
+        seen.add(name)
+    if http and not app:
+        out.append((("app",), "required by the HTTP checks: {command: [...], env: {...}, ready_timeout: 60s}, the "
+                    "application drkit starts against the restored instance"))
+    if app and not http:
+        out.append((("app",), "no HTTP check (one with 'url') uses the app; remove it or add a check"))
+    return out
+
+
 @with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class Policy:
@@ -95,6 +210,7 @@ class Policy:
     log_flush: Span | None = None
     retention: RetentionPolicy | None = None
     targets: Targets = field(default_factory=Targets)
+    drills: dict[str, DrillSpec] = field(default_factory=dict)  # per source, validated by load_policies
     name: str = ""  # the file's name without .yaml (not a setting)
     path: Path | None = None  # not a setting
 
@@ -128,7 +244,8 @@ class Policy:
         return croniter(cron, now.astimezone(self.zone)).get_prev(datetime).astimezone(UTC)
 
 
-SETTINGS = {"sources", "full", "timezone", "incremental", "continuous", "log_flush", "retention", "targets"}
+SETTINGS = {"sources", "full", "timezone", "incremental", "continuous", "log_flush", "retention", "targets",
+            "drills"}
 
 
 def schedules_dir(config: Config, given: Path | None = None) -> Path:
@@ -160,8 +277,13 @@ def load_policies(directory: Path, config: Config) -> list[Policy]:
             continue
         if isinstance(data, dict) and "retention" in data and data["retention"] is None:
             data = {k: v for k, v in data.items() if k != "retention"}
+        drills = None
+        if isinstance(data, dict) and "drills" in data:
+            data = dict(data)
+            drills = _drills(data.pop("drills"), data.get("sources"), config, where, lines, problems)
         got = validate_section(Policy, data, (), file=where, lines=lines, allowed=SETTINGS,
-                               fixed={"name": path.stem, "path": path}, report=problems.append)
+                               fixed={"name": path.stem, "path": path, **({"drills": drills} if drills else {})},
+                               report=problems.append)
         if got is None:
             continue
         for i, name in enumerate(got.sources):
@@ -183,6 +305,66 @@ def load_policies(directory: Path, config: Config) -> list[Policy]:
     if not policies:
         raise ConfigError(f"{directory} holds no policy (*.yaml)")
     return policies
+
+
+def _drills(raw: object, sources: object, config: Config, where: str, lines: dict,
+            problems: list[str]) -> dict[str, DrillSpec] | None:
+    """The ``drills:`` section: source -> DrillSpec, each check's fields and its query's form (the
+    source's dumper judges the form, ``Dumper.query_problem``).  Problems go to ``problems``."""
+    from drkit.dumpers import dumper_class
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.append(problem(where, ("drills",), "expected a mapping of source name to {checks: [...], app: "
+                                "{...}}", lines))
+        return None
+    listed = [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+    out: dict[str, DrillSpec] = {}
+    for name, body in raw.items():
+        loc = ("drills", name)
+        if name not in listed:
+            problems.append(problem(where, loc, f"{name!r} is not one of this policy's sources "
+                                    f"({', '.join(map(str, listed)) or 'none'})", lines))
+            continue
+        if not isinstance(body, dict):
+            problems.append(problem(where, loc, "expected a mapping: {checks: [...], app: {...}}", lines))
+            continue
+        found = [problem(where, (*loc, k), "unknown setting (allowed: app, checks)", lines)
+                 for k in body if k not in ("checks", "app")]
+        raw_checks = body.get("checks") or []
+        if not isinstance(raw_checks, list):
+            found.append(problem(where, (*loc, "checks"), "expected a list of checks", lines))
+            raw_checks = []
+        cls = None
+        if name in config.sources:
+            try:
+                cls = dumper_class(config, name)
+            except ConfigError:
+                pass  # the source's own problem is reported by the configuration
+        checks: list[Check] = []
+        names: list[str | None] = []
+        http = False
+        for i, item in enumerate(raw_checks):
+            at = (*loc, "checks", i)
+            c = validate_section(Check, item, at, file=where, lines=lines, report=found.append)
+            names.append(c.name if c else (item.get("name") if isinstance(item, dict) else None))
+            http = http or (c.http if c else isinstance(item, dict) and "url" in item)
+            if c is None:
+                continue
+            found += [problem(where, (*at, *sub), text, lines) for sub, text in check_problems(c)]
+            if cls is not None and c.query is not None and (why := cls.query_problem(c.query)):
+                found.append(problem(where, (*at, "query"), why, lines))
+            checks.append(c)
+        app = None
+        if body.get("app") is not None:
+            app = validate_section(App, body["app"], (*loc, "app"), file=where, lines=lines, report=found.append)
+        found += [problem(where, (*loc, *sub), text, lines)
+                  for sub, text in _names_and_app(names, http, "app" in body and body["app"] is not None)]
+        problems.extend(found)
+        if not found:
+            out[name] = DrillSpec(checks=checks, app=app)
+    return out
 
 
 def policy_of(policies: list[Policy], source: str) -> Policy | None:

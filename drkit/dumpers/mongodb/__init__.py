@@ -257,6 +257,23 @@ class MongoDumper(Dumper):
 
         return mongodb_group
 
+    # -- a drill's user checks (checks.py) --
+    @classmethod
+    def query_problem(cls, query: Any) -> str | None:
+        from .checks import query_problem
+
+        return query_problem(query)
+
+    def run_query(self, result: RestoreResult, query: Any, database: str | None = None) -> list[str]:
+        from .checks import run_query
+
+        return run_query(make_client, result, query, database)
+
+    def restored_env(self, result: RestoreResult) -> dict[str, str]:
+        from .checks import restored_env
+
+        return restored_env(result)
+
 
 def _uri_user(uri: str) -> str | None:
     from urllib.parse import unquote, urlsplit
