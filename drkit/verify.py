@@ -7,6 +7,12 @@ every ``sources/<source>/...`` object (through the source's dumper,
 :meth:`~drkit.dumpers.Dumper.source_objects`), every lease, every manifest and log record, and
 every distinct chunk they reference (decrypted, decompressed and re-hashed; each chunk read once).
 
+Modes (``mode`` in the report): ``full`` (the above, the default), ``quick`` (everything above
+but no chunk is read: each referenced chunk's pack must exist, hold the chunk's location inside
+its size and list the chunk there in its sealed header -- a flipped byte inside a chunk's body
+is **not** found), and ``sample`` (chunks are read in a P % sample of the packs and checked as
+``quick`` elsewhere; which packs, and how consecutive runs cover them all: drkit/verify_sample.py).
+
 A problem is ``{"object": key, "kind": ..., "error": ..., "affects": [...]}``; ``kind`` is one
 of config, key, index, pack, source-object, lease, manifest, log, chunk (or chain, for a
 source's chain notes).  ``affects`` lists the restore points a damaged object breaks; it is
@@ -38,6 +44,7 @@ from drkit.repository.keys import check_envelope, decode_envelope
 from drkit.repository.manifest import iso
 from drkit.repository.reader import fetch_chunk
 from drkit.repository.writer import PACK_MAGIC
+from drkit.verify_sample import check_percent, choose, default_seed, location_problem
 
 if TYPE_CHECKING:
     from drkit.dumpers import Dumper
@@ -53,15 +60,26 @@ ALL_AFFECTED = "all restore points: the repository cannot be opened"
 _TAIL = 64 * 1024  # bytes of a pack's end read at once (its sealed header and trailer, usually)
 
 
+def _under(prefix: str, report: VerifyReport) -> str:
+    """``prefix``, narrowed to the report's source when one was given."""
+    return f"{prefix}{report.source}/" if report.source else prefix
+
+
 @dataclass
 class VerifyReport:
     repository: str
+    source: str | None = None  # verify SOURCE: that source's objects (and every shared one) only
     manifests: int = 0
     log_segments: int = 0
     chunks: int = 0
     bytes: int = 0
     seconds: float = 0.0
     packs: int = 0
+    mode: str = "full"  # full | quick | sample
+    sample_percent: float | None = None
+    seed: int | None = None  # the sample's seed (replay with --seed)
+    sampled_packs: int = 0  # stored packs whose referenced chunks were read
+    chunks_located: int = 0  # chunks checked without reading (their pack is not read)
     problems: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
@@ -76,9 +94,15 @@ class VerifyReport:
 
     def text(self) -> str:
         head = (
-            f"verified {self.repository}: {self.manifests} backups, {self.log_segments} log segments, "
+            f"verified {self.repository}{f' (source {self.source})' if self.source else ''}: "
+            f"{self.manifests} backups, {self.log_segments} log segments, "
             f"{self.chunks} chunks ({self.bytes / 1e6:.1f} MB) in {self.seconds:.1f} s"
         )
+        if self.mode == "quick":
+            head += f" (quick: no chunk read, {self.chunks_located} chunk locations checked)"
+        elif self.mode == "sample":
+            head += (f" (sample {self.sample_percent:g} %, seed {self.seed}: read {self.sampled_packs} of "
+                     f"{self.packs} packs, {self.chunks_located} chunk locations checked unread)")
         lines = [head + (f": {len(self.problems)} PROBLEM(S)" if self.problems else ": OK")]
         for p in self.problems:
             lines.append(f"  {p['object']} ({p.get('kind', '?')}): {p['error']}")
@@ -89,8 +113,12 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_repository(config: Config) -> VerifyReport:
+def verify_repository(config: Config, *, source: str | None = None, quick: bool = False,
+                      sample: float | None = None, seed: int | None = None) -> VerifyReport:
     """Deep-verify the repository, then check every configured source's log chain.
+
+    ``source``, ``quick``, ``sample`` and ``seed``: see :func:`verify` (with ``source``, only that
+    source's chain is checked).
 
     A configuration error (e.g. a source type no installed dumper handles) is raised, not
     reported as damage: it is no property of the repository."""
@@ -98,9 +126,13 @@ def verify_repository(config: Config) -> VerifyReport:
     from drkit.ops import open_repository
     from drkit.repository.keys import wrapper_from_config
 
+    if source is not None and source not in config.sources:
+        raise ConfigError(f"no source {source!r} in the configuration (configured: "
+                          f"{', '.join(sorted(config.sources)) or 'none'}); give one of them, or no SOURCE to verify all")
     repo = open_repository(config)
-    dumpers = {name: dumper_for(config, name) for name in sorted(config.sources)}
-    report = verify(repo, dumpers=dumpers, wrapper=wrapper_from_config(config.encryption))
+    dumpers = {name: dumper_for(config, name) for name in sorted(config.sources) if source in (None, name)}
+    report = verify(repo, dumpers=dumpers, wrapper=wrapper_from_config(config.encryption), source=source,
+                    quick=quick, sample=sample, seed=seed)
     points: dict[str, RestorePoints] = {}
     for name, dumper in dumpers.items():
         try:
@@ -161,7 +193,7 @@ def _verify_log_catalogs(repo: Repository, report: VerifyReport, singles: dict[t
     """Every catalog object opens, parses and matches its key (source, names, count); each of its
     records agrees with the single record of the same name, if one exists.  A damaged one names
     the span it affects and how many of its records have no single object to fall back on."""
-    for info in repo.storage.list(fmt.LOGCAT_PREFIX):
+    for info in repo.storage.list(_under(fmt.LOGCAT_PREFIX, report)):
         cat = logcat.parse_key(info.key)
         if cat is None:
             report.problem("logcat", info.key, "not a log catalog key (logcat/<source>/<day>~<first>~<last>~"
@@ -195,11 +227,27 @@ def _verify_log_catalogs(repo: Repository, report: VerifyReport, singles: dict[t
 
 
 def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
-           wrapper: Wrapper | None = None) -> VerifyReport:
+           wrapper: Wrapper | None = None, source: str | None = None, quick: bool = False,
+           sample: float | None = None, seed: int | None = None) -> VerifyReport:
     """Verify every object of ``repo``.  ``dumpers`` (source name -> its dumper) claim and check
-    the ``sources/`` objects; ``wrapper``, the configured key, re-unwraps the envelope in use."""
+    the ``sources/`` objects; ``wrapper``, the configured key, re-unwraps the envelope in use.
+
+    ``source``: of the per-source objects (manifests, log records and catalogs, ``sources/``,
+    parts, forget and drill records) only that source's, and only the chunks they reference;
+    every shared object (config, key envelopes, index files, pack headers, leases) still.
+    ``quick``: read no chunk (locations are checked against the packs' headers and sizes);
+    ``sample``: read the chunks of that percentage of the packs, chosen by ``seed`` (default: the
+    week number; drkit/verify_sample.py).  Both at once raise :class:`ConfigError`."""
+    if quick and sample is not None:
+        raise ConfigError("--quick and --sample exclude each other: --quick reads no chunk, --sample P reads "
+                          "those of P % of the packs; give one")
     t0 = time.monotonic()
-    report = VerifyReport(repo.storage.url)
+    report = VerifyReport(repo.storage.url, source=source,
+                          mode="quick" if quick else "sample" if sample is not None else "full")
+    if sample is not None:
+        check_percent(sample)
+        report.sample_percent = float(sample)
+        report.seed = default_seed() if seed is None else int(seed)
     _verify_config(repo, report)
     _verify_keys(repo, report, wrapper)
     pack_index = _verify_indexes(repo, report)
@@ -208,7 +256,7 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
     # must be readable.
     users: dict[tuple, list[str]] = defaultdict(list)
     refs: dict[tuple, list] = {}
-    for info in repo.storage.list(MANIFEST_PREFIX):
+    for info in repo.storage.list(_under(MANIFEST_PREFIX, report)):
         try:
             m = repo._load_manifest_key(info.key)
         except (DrkitError, ValueError) as exc:
@@ -221,7 +269,7 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
                 users[loc].append(f"backup {m.source}/{m.id}")
                 refs.setdefault(loc, ref)
     singles: dict[tuple[str, str], bytes] = {}  # (source, name) -> its record's JSON, for the catalog check
-    for info in repo.storage.list(LOG_PREFIX):
+    for info in repo.storage.list(_under(LOG_PREFIX, report)):
         source, name = info.key[len(LOG_PREFIX):].split("/", 1)
         try:
             rec = logcat.read_single(repo, source, name)  # the object itself, not a catalog's copy
@@ -237,7 +285,7 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
             users[loc].append(f"log {source}/{name}")
             refs.setdefault(loc, ref)
     _verify_log_catalogs(repo, report, singles, users, refs)
-    _verify_packs(repo, report, pack_index, users)
+    headers, sizes = _verify_packs(repo, report, pack_index, users)
     _verify_source_objects(repo, report, dumpers or {})
     _verify_leases(repo, report)
     _verify_forgotten(repo, report)
@@ -250,8 +298,26 @@ def verify(repo: Repository, *, dumpers: dict[str, Dumper] | None = None,
         except DrkitError as exc:
             return ref, str(exc), 0
 
+    referenced = {loc[0] for loc in refs}
+    if report.mode == "full":
+        read = referenced | set(sizes)
+    elif report.mode == "quick":
+        read = set()
+    else:
+        read = choose(referenced | set(sizes), float(sample or 0), int(report.seed or 0))
+    report.sampled_packs = len(read & set(sizes))
+    for loc, ref in refs.items():
+        if loc[0] in read:
+            continue
+        report.chunks_located += 1
+        indexed = set(pack_index[loc[0]]) if loc[0] not in headers and loc[0] in pack_index else None
+        err = location_problem(ref, sizes.get(loc[0]), headers.get(loc[0]), indexed, len(PACK_MAGIC))
+        if err:
+            report.problems.append({"object": fmt.pack_key(ref[1]), "kind": "chunk", "chunk": ref[0], "error": err,
+                                    "affects": sorted(set(users[loc]))})
+
     with ThreadPoolExecutor(4) as pool:
-        for ref, err, size in pool.map(check, refs.values()):
+        for ref, err, size in pool.map(check, [ref for loc, ref in refs.items() if loc[0] in read]):
             report.chunks += 1
             report.bytes += size
             if err:
@@ -295,12 +361,22 @@ def _b64_len(env: dict[str, Any], name: str, length: int | None = None) -> None:
         raise ValueError(f"field {name!r} holds {len(raw)} bytes" + (f", not {length}" if length else ""))
 
 
+_ENVELOPE_FIELDS = frozenset({"version", "kind", "source", "kdf", "nonce", "wrapped", "kms_key_id", "kms_blob",
+                              "check"})
+
+
 def check_envelope_structure(env: Any) -> None:
     """Raise ValueError naming what is wrong with a decoded key envelope (docs/repository-format.md)."""
     if not isinstance(env, dict):
         raise ValueError("not a JSON object")
     if env.get("version") != 1:
         raise ValueError(f"version {env.get('version')!r}, not 1")
+    unknown = sorted(set(env) - _ENVELOPE_FIELDS)
+    if unknown and "check" not in env:
+        # A drkit that writes a field this one does not know writes the self-check too (it
+        # predates any such field) and the check covers it; without a check, an unknown field is
+        # a damaged field name -- e.g. the check's own, which would otherwise go unnoticed.
+        raise ValueError(f"unknown field {unknown[0]!r} and no 'check' field (a damaged field name)")
     _b64_len(env, "nonce", 12)
     _b64_len(env, "wrapped", 32 + 16)  # the master key and the GCM tag
     kind = env.get("kind")
@@ -421,7 +497,10 @@ def read_pack_header(repo: Repository, key: str, pack_id: str, size: int) -> lis
 
 
 def _verify_packs(repo: Repository, report: VerifyReport, pack_index: dict[str, dict[tuple, str]],
-                  users: dict[tuple, list[str]]) -> None:
+                  users: dict[tuple, list[str]]) -> tuple[dict[str, set[tuple]], dict[str, int]]:
+    """Check every pack's magic, header and trailer against the index files; return the blobs
+    each readable header lists and each stored pack's size (both by pack id)."""
+    headers: dict[str, set[tuple]] = {}
     by_pack: dict[str, set[str]] = defaultdict(set)
     for (pack, _off, _len), names in users.items():
         by_pack[pack].update(names)
@@ -444,7 +523,7 @@ def _verify_packs(repo: Repository, report: VerifyReport, pack_index: dict[str, 
         if err:
             report.problem("pack", key, err, [], PACK_HEADER_AFFECTS)
             continue
-        in_header = set(blobs)
+        in_header = headers[pack_id] = set(blobs)
         named = pack_index.get(pack_id, {})
         if not named and by_pack.get(pack_id):
             report.problem("index", key, "named by no index file although committed backups or log records use it: "
@@ -465,6 +544,7 @@ def _verify_packs(repo: Repository, report: VerifyReport, pack_index: dict[str, 
         if key not in stored:
             report.problem("pack", key, f"missing, but named by {sorted(set(named.values()))[0]}",
                            sorted(by_pack.get(pack_id, ())), "none: no manifest or log record uses it")
+    return headers, {k.rsplit("/", 1)[-1]: info.size for k, info in stored.items()}
 
 
 # -- sources/ objects and leases ------------------------------------------------------------------
@@ -482,7 +562,7 @@ def _verify_source_objects(repo: Repository, report: VerifyReport, dumpers: dict
             claimed.add(key)
             if err:
                 report.problem("source-object", key, err, [], affects)
-    for info in repo.storage.list(SOURCES_PREFIX):
+    for info in repo.storage.list(_under(SOURCES_PREFIX, report)):
         if info.key not in claimed:
             report.warnings.append({"object": info.key, "kind": "source-object",
                                     "warning": "unknown object: no configured source's dumper keeps it "
@@ -494,7 +574,7 @@ def _verify_parts(repo: Repository, report: VerifyReport) -> None:
     (a committed manifest holds its parts); one of a backup never committed is a warning."""
     from drkit.repository.transaction import PartRecord
 
-    for info in repo.storage.list(fmt.PART_PREFIX):
+    for info in repo.storage.list(_under(fmt.PART_PREFIX, report)):
         try:
             record = PartRecord.from_json(repo._open_json("part", info.key, repo.storage.get(info.key)))
             if record.key != info.key:
@@ -516,7 +596,7 @@ def _verify_forgotten(repo: Repository, report: VerifyReport) -> None:
     """Forget records (drkit/repository/forgotten.py) open and parse."""
     from drkit.repository import forgotten
 
-    for info in repo.storage.list(forgotten.PREFIX):
+    for info in repo.storage.list(_under(forgotten.PREFIX, report)):
         try:
             forgotten.load(repo, info.key)
         except NotFoundError:
@@ -531,7 +611,7 @@ def _verify_drills(repo: Repository, report: VerifyReport) -> None:
     """Drill records (drkit/repository/drills.py) open and parse."""
     from drkit.repository.drills import list_drills
 
-    _, bad = list_drills(repo)
+    _, bad = list_drills(repo, report.source)
     for key, error in bad:
         report.problem("drill", key, error.removeprefix(f"{key}: "), [],
                        "none: no restore reads it; the drill's evidence is lost for reports")

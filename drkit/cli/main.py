@@ -316,13 +316,27 @@ def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None
 
 
 @cli.command()
+@click.argument("source", required=False)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--quick", is_flag=True, help="Check every object, size, header and chain, but read no chunk "
+              "(a flipped byte inside a chunk is not found).")
+@click.option("--sample", type=click.FloatRange(min=0, min_open=True, max=100), metavar="P",
+              help="Read the chunks of P % of the packs (0 < P <= 100), the rest as --quick; consecutive "
+              "seeds cover every pack in ceil(100/P) runs.")
+@click.option("--seed", type=int, help="The --sample seed (default: the week number since the Unix epoch, so a "
+              "weekly job covers every pack; the report prints the seed to replay a run).")
 @click.pass_obj
-def verify(app: AppContext, as_json: bool) -> None:
-    """Read back every backup and log segment: every chunk must decrypt and hash right."""
+def verify(app: AppContext, source: str | None, as_json: bool, quick: bool, sample: float | None,
+           seed: int | None) -> None:
+    """Read back every backup and log segment (of SOURCE only, if given): every chunk must decrypt
+    and hash right (--quick: no chunk is read; --sample P: those of P % of the packs)."""
     from drkit import verify as verify_mod
 
-    report = verify_mod.verify_repository(app.config)
+    if quick and sample is not None:
+        raise click.UsageError("give --quick or --sample P, not both")
+    if seed is not None and sample is None:
+        raise click.UsageError("--seed chooses the packs of --sample P; give --sample too")
+    report = verify_mod.verify_repository(app.config, source=source, quick=quick, sample=sample, seed=seed)
     emit(report.as_dict(), as_json, report.text())
     if report.problems:
         raise SystemExit(5)
