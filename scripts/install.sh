@@ -134,7 +134,7 @@ pip_install() {  # quiet unless it fails; the full output stays in $PIP_LOG
 # otherwise a regular install, redone on every run.
 stamp="$DRKIT_VENV/.drkit-install-stamp"
 # setup.py and the C sources count too: an editable install builds the extension in place once.
-want_stamp="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO"/drkit/dumpers/redis/*.c <("$DRKIT_VENV/bin/python" -V) \
+want_stamp="$(cat "$REPO/pyproject.toml" "$REPO/requirements-dev.lock" "$REPO/setup.py" "$REPO"/drkit/dumpers/redis/*.c <("$DRKIT_VENV/bin/python" -V) \
   | sha256sum | cut -d' ' -f1) $REPO"
 repo_readable=1
 as_pg test -r "$REPO/pyproject.toml" 2>/dev/null || repo_readable=0
@@ -153,13 +153,15 @@ if [[ $repo_readable -eq 1 ]]; then
         2>/dev/null; then  # ... and this checkout's drkit, not another checkout's editable install
     say "drkit already installed (editable) from $REPO"
   else
-    say "pip install -e $REPO[test] (pyproject.toml, setup.py or a C source changed, or first run)"
-    pip_install -e "$REPO[test]"
+    say "pip install -e $REPO with requirements-dev.lock (the lock, pyproject.toml, setup.py or a C source changed, or first run)"
+    # Every dependency from the lock file, each file's hash checked; then drkit itself, no deps.
+    pip_install --require-hashes --no-deps -r "$REPO/requirements-dev.lock"
+    pip_install --no-deps -e "$REPO"
     echo "$want_stamp" | "${SUDO[@]}" tee "$stamp" >/dev/null
   fi
 else
   say "user $PG_OS_USER cannot read $REPO: installing a copy (re-run after code changes)"
-  pip_install "$REPO[test]"
+  pip_install --require-hashes --no-deps -r "$REPO/requirements-dev.lock"
   pip_install --no-deps --force-reinstall "$REPO"
   "${SUDO[@]}" rm -f "$stamp"
 fi

@@ -365,6 +365,9 @@ cli.add_command(plan_group)
 from drkit.cli.report import report_group  # noqa: E402 - drkit/cli/report.py
 
 cli.add_command(report_group)
+from drkit.cli.k8s import k8s_group  # noqa: E402 - drkit/cli/k8s.py
+
+cli.add_command(k8s_group)
 
 
 def _register_plugins() -> None:

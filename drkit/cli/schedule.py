@@ -75,13 +75,15 @@ def _durations(app: AppContext, sources: list[str]) -> dict[str, float]:
 @click.option("--listen", default="127.0.0.1:9464", show_default=True, metavar="HOST:PORT",
               help="Serve /metrics and /health here ('' to serve nothing).")
 @click.option("--no-followers", is_flag=True, help="Do not start the followers continuous policies ask for.")
+@click.option("--no-jobs", is_flag=True, help="Run no jobs: supervise the followers and serve /metrics only "
+              "(when the jobs run as cron jobs or Kubernetes CronJobs, see 'drkit k8s render').")
 @click.option("--wait", type=float, default=600.0, show_default=True,
               help="Seconds a job waits for its source's previous run (job lease).")
 @click.option("--stop-timeout", type=float, default=300.0, show_default=True,
               help="On SIGTERM, seconds a running job gets to finish.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until SIGTERM/SIGINT).")
 @click.pass_obj
-def run_cmd(app: AppContext, schedules: Path | None, listen: str, no_followers: bool, wait: float,
+def run_cmd(app: AppContext, schedules: Path | None, listen: str, no_followers: bool, no_jobs: bool, wait: float,
             stop_timeout: float, duration: float | None) -> None:
     """The scheduler daemon: runs each policy's jobs on their cron triggers (what ran is read from
     the repository, so a restarted or second daemon never runs a job twice), catches up once on
@@ -105,7 +107,7 @@ def run_cmd(app: AppContext, schedules: Path | None, listen: str, no_followers: 
             raise ConfigError(f"--listen {listen!r}: expected HOST:PORT")
         where = (host or "127.0.0.1", int(port))
     daemon = Daemon(config, policies, config_path=str(config.path) if config.path else None, wait=wait,
-                    stop_timeout=stop_timeout, listen=where, followers=not no_followers)
+                    stop_timeout=stop_timeout, listen=where, followers=not no_followers, jobs=not no_jobs)
     stop = threading.Event()
     install_stop_handlers(stop, "no new job starts; the running one may finish")
     threading.Thread(target=lambda: (stop.wait(), daemon.stopping.set()), daemon=True).start()

@@ -64,8 +64,9 @@ class State:
 class Daemon:
     def __init__(self, config: Config, policies: list[Policy], *, config_path: str | None, wait: float = 600.0,
                  stop_timeout: float = 300.0, listen: tuple[str, int] | None = ("127.0.0.1", 9464),
-                 followers: bool = True) -> None:
+                 followers: bool = True, jobs: bool = True) -> None:
         self.config, self.policies = config, policies
+        self.with_jobs = jobs  # False: followers and /metrics only (the jobs run as CronJobs)
         self.config_path = config_path
         self.wait, self.stop_timeout = wait, stop_timeout
         self.listen = listen
@@ -201,7 +202,7 @@ class Daemon:
 
         scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                       "misfire_grace_time": 3600})
-        for p in self.policies:
+        for p in self.policies if self.with_jobs else []:
             for job, cron in p.jobs().items():
                 scheduler.add_job(self.run_due, CronTrigger.from_crontab(cron, timezone=p.zone), args=[list(p.sources)],
                                   id=f"{p.name}:{job}", name=f"{p.name} {job}")
@@ -213,8 +214,9 @@ class Daemon:
         for t in threads:
             t.start()
         scheduler.start()
-        catch_up = threading.Thread(target=self.run_due, name="drkit-catch-up", daemon=True)
-        catch_up.start()  # what was missed while the daemon was down, once
+        if self.with_jobs:
+            catch_up = threading.Thread(target=self.run_due, name="drkit-catch-up", daemon=True)
+            catch_up.start()  # what was missed while the daemon was down, once
         deadline = time.monotonic() + duration if duration else None
         try:
             while not self.stopping.is_set() and not (deadline and time.monotonic() > deadline):
