@@ -151,6 +151,11 @@ def test_a_killed_receiver_resumes_without_a_gap_and_segments_are_stored_once(re
     try:
         rcv.wait_streaming()
         third = _commit_for(env, 1.5, 4000)
+        # A dropped connection (the primary stays up): the receiver seals, reconnects, goes on.
+        with env.conn() as c:
+            assert c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication "
+                             "WHERE application_name = 'drkit_receive_main'").fetchone()[0] == 1
+        third += _commit_for(env, 1.5, 4500)
         # A full segment, pushed by archive_command and by the receiver alike.
         with env.conn() as c:
             c.execute("INSERT INTO events SELECT g, now() FROM generate_series(100000, 100100) g")
@@ -164,7 +169,7 @@ def test_a_killed_receiver_resumes_without_a_gap_and_segments_are_stored_once(re
         time.sleep(1.5)
     finally:
         summary = rcv.stop()
-    assert summary["segments"] >= 1, summary
+    assert summary["segments"] >= 1 and summary["restarts"] >= 1, summary
     names = _log_names(env)
     assert names.count(seg) == 1
     ids = _restored_ids(env, "resumed")
