@@ -31,7 +31,7 @@ HEADER = """\
 
 Every command and subcommand of `drkit`, exactly as its `--help` prints it. The operator's guide
 is [user-guide.md](user-guide.md); the incident runbook is
-[../runbooks/postgres-pitr.md](../runbooks/postgres-pitr.md).
+[../runbooks/postgres-recovery.md](../runbooks/postgres-recovery.md).
 """
 
 

@@ -11,8 +11,7 @@ The format the runbooks follow (so that they can never rot):
 - a block whose first line is ``# example only`` is not run;
 - every other block runs as written (``set -eu``: any failing command fails the scenario).
 
-runbooks/postgres-pitr.md predates this format (its commands name production paths, systemd units
-and WAL segment names, and its T is typed into the restore block): only its structure is checked.
+All three runbooks (PostgreSQL, MongoDB, Redis) are executed, both scenarios each.
 """
 
 from __future__ import annotations
@@ -216,7 +215,7 @@ def root() -> Iterator[Path]:
 
 def test_every_runbook_has_both_scenarios_and_runnable_blocks() -> None:
     books = sorted(RUNBOOKS.glob("*.md"))
-    assert {p.name for p in books} >= {"postgres-pitr.md", "mongodb-recovery.md", "redis-recovery.md"}
+    assert {p.name for p in books} >= {"postgres-recovery.md", "mongodb-recovery.md", "redis-recovery.md"}
     for path in books:
         blocks = parse_runbook(path)
         assert {b.section for b in blocks} >= {"", "A", "B"}, path.name
@@ -226,7 +225,7 @@ def test_every_runbook_has_both_scenarios_and_runnable_blocks() -> None:
         assert re.search(r"--point-in-time \$T\b", text), path.name
         for b in blocks:  # no secret on a command line: passwords come from the environment
             assert not re.search(r"-a\s+\S|--password\s", b.code), f"{path.name}: a password in argv: {b.code}"
-    for name in ("mongodb-recovery.md", "redis-recovery.md"):
+    for name in ("postgres-recovery.md", "mongodb-recovery.md", "redis-recovery.md"):
         blocks = parse_runbook(RUNBOOKS / name)
         assert [b for b in blocks if b.setup and b.section == ""], f"{name}: no setup block in section 0"
         assert "plan restore $SRC" in (RUNBOOKS / name).read_text()
@@ -456,3 +455,103 @@ def test_redis_runbook_scenario_b(root: Path) -> None:
         for inst in (new, old):
             if inst is not None:
                 inst.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def pg_values(env, root: Path) -> dict[str, str]:  # noqa: ANN001 - a pgenv.PgEnv
+    return {"DRKIT_CONFIG": str(env.config_path), "D": DRKIT, "SRC": "main", "PGBIN": str(env.pg.bin_dir),
+            "PGHOST": str(env.pg.socket_dir), "PGPORT": str(env.pg.port), "PGUSER": "postgres",
+            "DB": "app", "TABLE": "orders", "WORK": str(root / "work"), "NEWDIR": str(root / "newprimary"),
+            "NEWPORT": str(env.pg.port)}
+
+
+def _pg_orders(dsn: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT id, item, qty FROM orders ORDER BY id").fetchall()
+
+
+def _pg_setup(tag: str):  # noqa: ANN202
+    import psycopg
+    from pgenv import make_pg_env
+
+    env = make_pg_env(tag)
+    with env.conn() as c:
+        c.execute("CREATE DATABASE app")
+    app = env.pg.conninfo("app")
+    with psycopg.connect(app, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, qty int CHECK (qty > 0))")
+        c.execute("CREATE INDEX orders_item ON orders (item)")
+        c.execute("INSERT INTO orders SELECT g, 'item ' || g, 1 + g % 5 FROM generate_series(1, 200) g")
+    env.drkit("backup", "main")
+    return env, app
+
+
+def test_postgres_runbook_scenario_a(root: Path) -> None:
+    import psycopg
+
+    env, app = _pg_setup("rb-pg-a")
+    try:
+        with psycopg.connect(app, autocommit=True) as c:
+            c.execute("INSERT INTO orders SELECT g, 'late ' || g, 2 FROM generate_series(201, 250) g")
+            c.execute("UPDATE orders SET qty = 5 WHERE id <= 10")
+        t = mark()
+        expected = _pg_orders(app)
+        with psycopg.connect(app, autocommit=True) as c:
+            c.execute("DELETE FROM orders WHERE id > 20")  # the bad deploy
+            c.execute("INSERT INTO orders VALUES (1000, 'after', 1)")  # a write after it
+
+        out = run_scenario(RUNBOOKS / "postgres-recovery.md", "A", {**pg_values(env, root), "T": iso(t)}, root,
+                           timeout=600)
+
+        assert "PASSED" in block_output(out, "measure the RTO")
+        assert "predicted RTO" in block_output(out, "A2.")
+        a3 = block_output(out, "A3.")
+        m = re.search(r"restored to (\S+) last commit (\S+) from ", a3)
+        assert m, a3
+        assert dt.datetime.fromisoformat(m.group(1)) == dt.datetime.fromisoformat(iso(t).replace("Z", "+00:00"))
+        assert dt.datetime.fromisoformat(m.group(2)) <= t  # the copy's newest commit is at or before T
+        a4 = block_output(out, "A4.")
+        assert f"== copy, as of {iso(t)}\n250\n" in a4 and "== production now\n21\n" in a4
+        assert "orders_restored in production: 250 rows" in block_output(out, "A5.")
+        with psycopg.connect(app, autocommit=True) as c:
+            got = c.execute("SELECT id, item, qty FROM orders_restored ORDER BY id").fetchall()
+            assert got == expected  # the table as committed at T ...
+            assert c.execute("SELECT count(*) FROM orders WHERE id = 1000").fetchone()[0] == 1  # ... production untouched
+            idx = c.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'orders_restored'").fetchall()
+            assert any("(item)" in r[0] for r in idx)  # the table's definition came along
+        assert not [p for p in (root / "work").glob("pg-*")]  # A6 stopped and removed the copy
+    finally:
+        env.close()
+
+
+def test_postgres_runbook_scenario_b(root: Path) -> None:
+    import psycopg
+
+    env, app = _pg_setup("rb-pg-b")
+    newdir = root / "newprimary"
+    try:
+        with psycopg.connect(app, autocommit=True) as c:
+            c.execute("INSERT INTO orders SELECT g, 'late ' || g, 3 FROM generate_series(201, 300) g")
+        expected = _pg_orders(app)
+        env.switch_and_wait_archived()
+        env.pg.kill()  # the primary is lost; a new one takes its port from the backup
+
+        out = run_scenario(RUNBOOKS / "postgres-recovery.md", "B", pg_values(env, root), root, timeout=600)
+
+        assert "last commit recovered:" in block_output(out, "B2.") and "predicted RTO" in block_output(out, "B2.")
+        assert "last commit" in block_output(out, "B3.")
+        new = f"host={newdir} port={env.pg.port} user=postgres dbname=app"
+        assert _pg_orders(new) == expected
+        b4 = block_output(out, "B4.")
+        m = re.search(r"newest archived WAL: (\w+) \(switched out (\w+)\)", b4)
+        assert m and m.group(1) >= m.group(2) and m.group(2).startswith("00000002")  # the new timeline archives
+        listing = json.loads(drkit(env.config_path, "list", "main", "--json").stdout)[0]
+        assert listing["backups"][-1]["type"] == "full" and len(listing["backups"]) == 2
+    finally:
+        env.stop_datadir(newdir)
+        env.close()
