@@ -73,6 +73,7 @@ class DrillReport:
     failures: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
     stored_as: str | None = None
+    runbook: str | None = None  # the runbook this drill exercises (the dumper's, runbooks/...)
 
     @property
     def passed(self) -> bool:
@@ -100,7 +101,7 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
     report = DrillReport(new_drill_id(disaster), source, dumper.datastore, iso(disaster),
                          iso(point_in_time) if point_in_time else "latest",
                          {"rpo_seconds": rpo_target or DEFAULT_RPO, "rto_seconds": rto_target or DEFAULT_RTO},
-                         started=iso(started))
+                         started=iso(started), runbook=dumper.runbook)
     scratch = Path(tempfile.mkdtemp(prefix=f"drkit-drill-{source}-", dir=workdir))
     scratch.chmod(0o755)  # a restored server may run as another OS user (PostgreSQL's os_user)
     result: RestoreResult | None = None

@@ -134,6 +134,8 @@ class Dumper(abc.ABC):
     # ``drkit restore SOURCE`` options of this datastore besides the common ones; one name, one
     # meaning across dumpers (drkit/dumpers/options.py STANDARD, checked by spec_problems).
     restore_options: ClassVar[tuple[OptionSpec, ...]] = ()
+    #: The incident runbook for this datastore (a path in the drkit repository); drills record it.
+    runbook: ClassVar[str | None] = None
 
     def __init__(self, config: Config, source: SourceConfig) -> None:
         self.config = config

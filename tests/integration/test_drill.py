@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -113,6 +114,8 @@ def test_postgres_drill_passes_with_archived_wal(pg: PgEnv) -> None:
     assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
     assert_measured(report, wall)
     assert report["facts"]["databases"] >= 1 and report["facts"]["in_recovery"] is False
+    assert report["runbook"] == "runbooks/postgres-recovery.md"  # the runbook this drill exercises ...
+    assert (Path(__file__).resolve().parents[2] / report["runbook"]).is_file()  # ... exists
 
 
 def test_redis_drill_passes_and_counts_the_keys(renv) -> None:  # noqa: ANN001, F811
@@ -130,6 +133,7 @@ def test_redis_drill_passes_and_counts_the_keys(renv) -> None:  # noqa: ANN001, 
     report = json.loads(r.stdout)
     assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
     assert report["facts"]["keys"] == 40 and report["facts"]["role"] == "master"
+    assert report["runbook"] == "runbooks/redis-recovery.md"
     assert_measured(report, wall)
 
 

@@ -28,6 +28,7 @@ __all__ = ["MongoDumper"]
 
 class MongoDumper(Dumper):
     datastore = "mongodb"
+    runbook = "runbooks/mongodb-recovery.md"
     backup_types = ("full", "incremental")
     needs_target_dir = False
     restore_options = (

@@ -27,6 +27,7 @@ __all__ = ["PostgresDumper"]
 
 class PostgresDumper(Dumper):
     datastore = "postgres"
+    runbook = "runbooks/postgres-recovery.md"
     backup_types = ("full", "incremental", "logical")
     restore_options = (
         OptionSpec("--keep-archiving", "Keep archive_mode from the backup (default: off, so a restored copy "

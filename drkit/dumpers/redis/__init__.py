@@ -26,6 +26,7 @@ __all__ = ["RedisDumper"]
 
 class RedisDumper(Dumper):
     datastore = "redis"
+    runbook = "runbooks/redis-recovery.md"
     backup_types = ("full", "incremental")
     needs_target_dir = False  # --to redis://... restores into a running instance
     restore_options = (
