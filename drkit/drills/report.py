@@ -171,6 +171,12 @@ def render_markdown(record: dict[str, Any], coverage: dict[str, Any] | None = No
         out += ["", "## Checks", "", "| Check | Result | Detail |", "|---|---|---|"]
         out += [f"| {md_cell(c.get('name'))} | {'ok' if c.get('ok') else 'FAILED'} | {md_cell(c.get('detail'))} |"
                 for c in record["checks"] if isinstance(c, dict)]
+    app = record.get("app")
+    if isinstance(app, dict):
+        out += ["", "## The application of the HTTP checks", ""]
+        out += [f"- {k}: {md_cell(_fact(app[k]))}" for k in APP_FIELDS if app.get(k) is not None]
+        if app.get("output"):
+            out += ["", "    " + str(app["output"]).replace("\n", "\n    ")]  # an indented (literal) block
     if record.get("facts"):
         out += ["", "## What the restored instance held", ""]
         out += [f"- {md_cell(k)}: {md_cell(_fact(v))}" for k, v in sorted(record["facts"].items())]
@@ -181,6 +187,9 @@ def render_markdown(record: dict[str, Any], coverage: dict[str, Any] | None = No
         out += [f"- {md_cell(g.get('state'))}: {md_cell(g.get('missing'))} in the chain of {md_cell(g.get('chain'))}"
                 for g in coverage.get("gaps", [])]
     return "\n".join(out) + "\n"
+
+
+APP_FIELDS = ("command", "env", "pid", "exit_code", "end", "error")
 
 
 def _fact(v: object) -> str:
@@ -260,6 +269,13 @@ def render_html(record: dict[str, Any], coverage: dict[str, Any] | None = None) 
         body.append(table(["Check", "Result", "Detail"], [
             [esc(c.get("name")), f"<span class=\"{'pass' if c.get('ok') else 'fail'}\">{'ok' if c.get('ok') else 'FAILED'}"
              "</span>", esc(c.get("detail"))] for c in record["checks"] if isinstance(c, dict)]))
+    app = record.get("app")
+    if isinstance(app, dict):
+        body.append("<h2>The application of the HTTP checks</h2>")
+        body.append(table(None, [[esc(k), f"<code>{esc(_fact(app[k]))}</code>"]
+                                 for k in APP_FIELDS if app.get(k) is not None]))
+        if app.get("output"):
+            body.append(f"<pre>{esc(app['output'])}</pre>")
     if record.get("facts"):
         body.append("<h2>What the restored instance held</h2>")
         body.append(table(["Fact", "Value"], [[esc(k), f"<code>{esc(_fact(v))}</code>"]

@@ -206,3 +206,16 @@ def test_the_drill_html_has_its_charts_and_no_external_reference(tmp_path: Path)
     for cls in ("chart-passfail", "chart-series"):
         assert f'class="{cls}"' in q
     assert "http:" not in q and "https:" not in q and json.loads(paths[0].read_text())["totals"]["drills"] == 1
+
+
+def test_the_application_of_the_http_checks_is_reported_escaped() -> None:
+    from drkit.drills.report import render_html, render_markdown
+
+    rec = {"id": "20261207T000000Z-abcdef", "source": "cache", "datastore": "redis", "passed": False,
+           "failures": ["check health: HTTP 500"], "checks": [], "phases": {"plan": 0.1},
+           "app": {"command": ["/srv/app", "--port", "8080"], "env": ["DRKIT_RESTORED_URL"], "pid": 12,
+                   "exit_code": -15, "end": "stopped", "output": "booting\n<script>alert(1)</script>"}}
+    html, md = render_html(rec), render_markdown(rec)
+    assert "The application of the HTTP checks" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>" not in html and "/srv/app" in html and "DRKIT_RESTORED_URL" in html
+    assert "- exit_code: -15" in md and "    <script>alert(1)</script>" in md  # an indented literal block
