@@ -178,6 +178,12 @@ class Gap:
     # beyond it, but its commits are lost to a latest restore all the same.
     lost: bool = False
 
+    def __post_init__(self) -> None:
+        # A record that is there but damaged will not arrive later: never "in flight" (a latest
+        # restore would wait for it in vain, then refuse anyway).
+        if self.damaged is not None:
+            self.state = "gap"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "chain": self.chain, "missing": self.missing, "state": self.state,
