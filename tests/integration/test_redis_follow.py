@@ -110,7 +110,9 @@ def restored_state(env: RedisEnv, t: datetime, tag: str) -> tuple[dict, dict]:
                                str(env.root / tag), "--start", "--json").stdout)
     env.started_pids.append(out["pid"])
     with redis.Redis(port=out["port"]) as r:
-        return state(r), {**out, "pttl_temp": r.pttl("temp"), "pttl_ext": r.pttl("ext")}
+        got = state(r)
+        assert out["keys_served"] == r.dbsize(), out  # counted after the replay
+        return got, {**out, "pttl_temp": r.pttl("temp"), "pttl_ext": r.pttl("ext")}
 
 
 def test_follow_point_in_time_between_commands(renv: RedisEnv):  # noqa: F811

@@ -176,7 +176,9 @@ class RedisDumper(Dumper):
                     try:
                         details.update(r.replay_into(repo, self.source.name, slices, f"redis://127.0.0.1:{port}",
                                                      None, at, shift, _ms(snap)))
-                        if not request.start:
+                        if request.start:
+                            details["keys_served"] = r.count_served(port)  # after the replay, not before it
+                        else:
                             details.update(r.save_and_stop(port, details["pid"]))
                     except BaseException:
                         r.kill_server(details["pid"])

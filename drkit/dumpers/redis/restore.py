@@ -77,6 +77,17 @@ def write_conf(target: Path, port: int) -> Path:
     return conf
 
 
+def count_served(port: int) -> int:
+    """The keys the restored server on ``port`` serves now (after a replay)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, socket_connect_timeout=5)
+    try:
+        return _count_keys(client)
+    finally:
+        client.close()
+
+
 def start_server(target: Path, port: int, expect_keys: int | None, timeout: float = 600.0) -> dict[str, Any]:
     """Start ``redis-server`` on the restored directory; return once it serves every key."""
     import redis
