@@ -333,3 +333,28 @@ def test_stream_cut_anywhere_is_never_silently_short():
         else:
             with pytest.raises(IntegrityError):
                 list(iter_raw(fh, "w"))
+
+
+def test_iter_raw_reads_through_short_reads_of_an_unbuffered_stream() -> None:
+    import io
+
+    import bson
+
+    from drkit.dumpers.mongodb.oplog import iter_raw
+
+    docs = [bson.encode({"_id": i, "s": "x" * (i * 37)}) for i in range(20)]
+
+    class Trickle(io.RawIOBase):  # at most 7 bytes per read, as a pipe or socket may give
+        def __init__(self, data: bytes) -> None:
+            self.data, self.pos = data, 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # noqa: ANN001
+            n = min(7, len(b), len(self.data) - self.pos)
+            b[:n] = self.data[self.pos:self.pos + n]
+            self.pos += n
+            return n
+
+    assert list(iter_raw(Trickle(b"".join(docs)), "t")) == docs

@@ -221,12 +221,28 @@ class DocsReader(io.RawIOBase):
         return n
 
 
+def _read_exactly(fh: IO[bytes], n: int) -> bytes:
+    """``n`` bytes, or fewer only at the end of the stream (a raw stream may return short reads)."""
+    data = fh.read(n)
+    if data is None or len(data) >= n or not data:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = fh.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 def iter_raw(fh: IO[bytes], what: str) -> Iterator[bytes]:
     """The raw BSON documents of a stream written by :class:`DocsReader`; a torn or oversized
     document raises IntegrityError naming ``what``."""
     offset = 0
     while True:
-        head = fh.read(4)
+        head = _read_exactly(fh, 4)
         if not head:
             return
         if len(head) < 4:
@@ -234,7 +250,7 @@ def iter_raw(fh: IO[bytes], what: str) -> Iterator[bytes]:
         (n,) = _LEN.unpack(head)
         if n < 5 or n > MAX_DOC:
             raise IntegrityError(f"{what}: bad BSON document length {n} at byte {offset}")
-        body = fh.read(n - 4)
+        body = _read_exactly(fh, n - 4)
         if len(body) != n - 4 or body[-1:] != b"\x00":
             raise IntegrityError(f"{what}: truncated BSON document at byte {offset}")
         offset += n
