@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -126,6 +127,11 @@ class PostgresDumper(Dumper):
                             "WAL), which on a quiet database can take hours or days", fix)
         return Shipping(secs + 10.0, f"archive_timeout = {text}: a segment is archived at the latest "
                         f"{secs:g} s after its first write, plus about 10 s for wal-push", fix)
+
+    def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
+        from .scratch import pg_scratch
+
+        return pg_scratch(self.options, workdir, restored)
 
     def describe_chain(self, repo: Repository) -> dict[str, Any]:
         names = repo.list_log_names(self.source.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -188,6 +189,11 @@ class RedisDumper(Dumper):
             r.clear_target(request.target_dir)
             raise
         return RestoreResult(self.source.name, base.id, request.target_dir, at, phases, details)
+
+    def scratch(self, workdir: Path, restored: Path | None = None) -> Any:
+        from .scratch import redis_scratch
+
+        return redis_scratch(workdir, restored)
 
     def shipping(self, live: bool = True) -> Shipping:
         s = self.options.slice_seconds
