@@ -50,3 +50,25 @@ def test_a_password_in_a_standby_dsn_is_refused_and_never_echoed(field: str, val
         _opts(**{field: value})
     assert "must not contain a password" in str(exc.value) and "hunter2" not in str(exc.value)
     assert f"sources.main.{field}" in str(exc.value)
+
+
+def test_the_receiver_is_the_sources_follower_when_asked_and_sets_the_shipping(tmp_path) -> None:  # noqa: ANN001
+    import yaml
+
+    from drkit.config import load_config
+    from drkit.dumpers import dumper_for
+
+    cfg = tmp_path / "drkit.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "repository": {"url": f"file://{tmp_path / 'repo'}"}, "encryption": {"key_env": "K"},
+        "sources": {"db": {"type": "postgres", "dsn": DSN, "bin_dir": "/usr/bin"},
+                    "rx": {"type": "postgres", "dsn": DSN, "bin_dir": "/usr/bin", "receive": True,
+                           "receive_seal_seconds": "2s", "receive_dir": "/var/lib/drkit/rx",
+                           "receive_synchronous": True}}}))
+    config = load_config(cfg)
+    assert dumper_for(config, "db").follower_command("db") is None
+    rx = dumper_for(config, "rx")
+    assert rx.follower_command("rx") == ["pg", "receive", "--source", "rx", "--seal-seconds", "2", "--dir",
+                                         "/var/lib/drkit/rx", "--synchronous"]
+    ship = rx.shipping(live=False)
+    assert ship.interval == 4.0 and "pg receive" in ship.how

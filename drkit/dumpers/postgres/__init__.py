@@ -108,8 +108,22 @@ class PostgresDumper(Dumper):
         if result.target_dir is not None:
             stop_server(self.options, result.target_dir)
 
+    def follower_command(self, source: str) -> list[str] | None:
+        o = self.options
+        if not o.receive:
+            return None
+        cmd = ["pg", "receive", "--source", source, "--seal-seconds", f"{o.receive_seal_seconds:g}"]
+        if o.receive_dir is not None:
+            cmd += ["--dir", str(o.receive_dir)]
+        return cmd + (["--synchronous"] if o.receive_synchronous else [])
+
     def shipping(self, live: bool = True) -> Shipping:
-        """WAL archiving: a segment is archived when it is full, or after archive_timeout."""
+        """WAL archiving: a segment is archived when it is full, or after archive_timeout; with
+        the receiver (``receive: true``), every ``receive_seal_seconds``."""
+        if self.options.receive:
+            s = self.options.receive_seal_seconds
+            return Shipping(s + 2.0, f"'drkit pg receive' seals the WAL being written every {s:g} s "
+                            "(receive_seal_seconds) and commits it within about 2 s", "lower receive_seal_seconds")
         fix = "set archive_timeout = 60 in postgresql.conf (worst case then about 70 s)"
         if not live:
             return Shipping(None, "archive_timeout unknown (the server was not asked)", fix)

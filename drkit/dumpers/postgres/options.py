@@ -71,6 +71,12 @@ class PgOptions:
     standbys: Dsns = ()
     backup_from: BackupFrom = "primary"
     max_standby_lag: Seconds = 60.0
+    # The WAL receiver ('drkit pg receive'): run by 'schedule run' for continuous policies when
+    # set; the seal interval is then the RPO while it runs.
+    receive: bool = False
+    receive_seal_seconds: Seconds = 5.0
+    receive_dir: AbsolutePath | None = None
+    receive_synchronous: bool = False
     # The source's name, for messages (not a setting of the file).
     source: InitVar[str | None] = None
 
@@ -151,7 +157,8 @@ def find_bin_dir() -> Path | None:
 
 
 SETTINGS = {"dsn", "bin_dir", "password_env", "password_file", "os_user", "databases", "checkpoint", "max_rate",
-            "data_dir", "standby_dsn", "standbys", "backup_from", "max_standby_lag"}
+            "data_dir", "standby_dsn", "standbys", "backup_from", "max_standby_lag", "receive",
+            "receive_seal_seconds", "receive_dir", "receive_synchronous"}
 
 
 def parse_options(source: str, raw: dict[str, Any]) -> PgOptions:
