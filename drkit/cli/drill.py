@@ -28,11 +28,13 @@ if TYPE_CHECKING:
               "next to the configuration file, when it exists).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Also write the drill's report into DIR: ID.json, ID.md and a self-contained ID.html.")
+@click.option("--look-back", "look_back", metavar="DURATION", default="7d", show_default=True,
+              help="Also report the RPO over this much of the repository's history (worst, p95; '0s' for none).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool, rpo_target: str | None,
           rto_target: str | None, workdir: Path | None, keep: bool, schedules: Path | None, report_dir: Path | None,
-          as_json: bool) -> None:
+          look_back: str, as_json: bool) -> None:
     """Restore SOURCE into a scratch instance, check that it serves, run the checks its policy
     declares (drills: SOURCE: checks), and measure the achieved RPO (now minus the newest
     restorable time) and RTO (start to a checked, serving instance) against the targets. The
@@ -45,13 +47,19 @@ def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool,
     if latest and point_in_time:
         raise ConfigError("--latest and --point-in-time exclude each other")
     rpo, rto, spec = _targets(app, source, rpo_target, rto_target, schedules)
+    window = 0.0 if look_back.strip() in ("0", "0s", "0m", "0h", "0d") else _duration(look_back, "--look-back")
     report = run_drill(app.config, source, point_in_time=parse_time(point_in_time) if point_in_time else None,
-                       rpo_target=rpo, rto_target=rto, workdir=workdir, keep=keep, spec=spec)
+                       rpo_target=rpo, rto_target=rto, workdir=workdir, keep=keep, spec=spec, look_back=window)
     lines = [f"drill {report.id} of {source} ({report.datastore}): {'PASSED' if report.passed else 'FAILED'}",
              f"  RPO {_s(report.rpo_seconds)} (target {_s(report.targets['rpo_seconds'])}; newest restorable "
              f"time {report.newest_safe_time})",
              f"  RTO {_s(report.rto_seconds)} (target {_s(report.targets['rto_seconds'])}): "
              + ", ".join(f"{k} {v:.2f} s" for k, v in report.phases.items())]
+    lb = report.rpo_lookback
+    if lb and lb.get("worst_seconds") is not None:
+        lines.append(f"  RPO over the last {_s(lb['window_seconds'])}: worst {_s(lb['worst_seconds'])} (at "
+                     f"{lb['worst_at']}), p95 {_s(lb['p95_seconds'])}, median {_s(lb['median_seconds'])}"
+                     + (" (upper bounds: history thinned)" if lb.get("upper_bound") else ""))
     if report.restored_to:
         lines.append(f"  restored backup {report.backup} to {report.restored_to}")
     lines += [f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'} {c['detail']}" for c in report.checks]
@@ -75,6 +83,16 @@ def drill(app: AppContext, source: str, point_in_time: str | None, latest: bool,
 
 def _s(v: float | None) -> str:
     return "unbounded" if v is None else f"{v:.1f} s"
+
+
+def _duration(text: str, flag: str) -> float:
+    from drkit.errors import ConfigError
+    from drkit.scheduling.policy import _span
+
+    try:
+        return _span(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def _targets(app: AppContext, source: str, rpo: str | None, rto: str | None,

@@ -121,6 +121,14 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("RTO (start to checked, serving)", f"{fmt_seconds(rto) if rto is not None else 'not reached'} "
                                             f"(target {fmt_seconds(_target(record, 'rto'))})"),
     ]
+    lb = record.get("rpo_lookback")
+    if isinstance(lb, dict) and _num(lb.get("worst_seconds")) is not None:
+        rows.append((f"RPO over the last {fmt_seconds(_num(lb.get('window_seconds')))}",
+                     f"worst {fmt_seconds(_num(lb.get('worst_seconds')))} (at {lb.get('worst_at')}), p95 "
+                     f"{fmt_seconds(_num(lb.get('p95_seconds')))}, median {fmt_seconds(_num(lb.get('median_seconds')))}"
+                     + ("; upper bounds (history thinned)" if lb.get("upper_bound") else "")
+                     + (f"; {fmt_seconds(_num(lb.get('seconds_without_a_restore_point')))} without a restore point"
+                        if _num(lb.get("seconds_without_a_restore_point")) else "")))
     if plan:
         rows.append(("Planned", f"{_mb(plan.get('bytes'))} to fetch ({_mb(plan.get('log_bytes'))} of log, "
                                 f"{plan.get('log_records', '?')} log record(s)); predicted RTO "

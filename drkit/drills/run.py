@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RPO = 15 * 60.0
 DEFAULT_RTO = 4 * 3600.0
 LEASE_TTL = 6 * 3600.0
+LOOK_BACK = 7 * 86400.0  # the RPO's history a drill reports (worst, p95): a week by default
 
 
 @dataclass
@@ -74,6 +75,7 @@ class DrillReport:
     error: dict[str, Any] | None = None
     stored_as: str | None = None
     runbook: str | None = None  # the runbook this drill exercises (the dumper's, runbooks/...)
+    rpo_lookback: dict[str, Any] | None = None  # the RPO over the look-back window (drills/lookback.py)
 
     @property
     def passed(self) -> bool:
@@ -89,7 +91,7 @@ def new_drill_id(now: datetime) -> str:
 
 def run_drill(config: Config, source: str, *, point_in_time: datetime | None = None, rpo_target: float | None = None,
               rto_target: float | None = None, workdir: Path | None = None, keep: bool = False,
-              store: bool = True, spec: DrillSpec | None = None) -> DrillReport:
+              store: bool = True, spec: DrillSpec | None = None, look_back: float = LOOK_BACK) -> DrillReport:
     """``spec``: the user checks (and app) of the source's policy, run after the built-in check."""
     from drkit import ops
 
@@ -113,11 +115,18 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
         report.phases[name] = round(marks[-1] - marks[-2], 3)
 
     try:
-        points = dumper.restore_points(dumper.catalog(repo))
+        catalog = dumper.catalog(repo)
+        points = dumper.restore_points(catalog)
         newest = points.newest_safe_time()
         if newest is not None:
             report.newest_safe_time = iso(newest)
             report.rpo_seconds = round((disaster - newest).total_seconds(), 3)
+        if look_back > 0:
+            from datetime import timedelta
+
+            from drkit.drills.lookback import lookback_rpo
+
+            report.rpo_lookback = lookback_rpo(catalog, dumper.restore_points, disaster, timedelta(seconds=look_back))
         want = point_in_time or newest
         covering = sorted(points.covering(want), key=lambda p: p.start) if want else []
         chosen = covering[-1] if covering else None

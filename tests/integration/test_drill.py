@@ -134,6 +134,10 @@ def test_redis_drill_passes_and_counts_the_keys(renv) -> None:  # noqa: ANN001, 
     assert r.returncode == 0 and report["passed"], r.stdout + r.stderr
     assert report["facts"]["keys"] == 40 and report["facts"]["role"] == "master"
     assert report["runbook"] == "runbooks/redis-recovery.md"
+    lb = report["rpo_lookback"]  # over the week: the worst is at least the RPO now, p95 in between
+    assert lb["window_seconds"] == 7 * 86400 and lb["commits_in_window"] >= 1
+    assert lb["worst_seconds"] >= report["rpo_seconds"] - 0.01 and lb["p95_seconds"] <= lb["worst_seconds"]
+    assert lb["seconds_without_a_restore_point"] > 0  # the week before this source's first backup
     assert_measured(report, wall)
 
 
