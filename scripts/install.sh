@@ -69,6 +69,8 @@ command -v mvn >/dev/null 2>&1 || PACKAGES+=(maven)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
   || command -v google-chrome >/dev/null 2>&1 || PACKAGES+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || PACKAGES+=(poppler-utils)
+# A real Prometheus Pushgateway for the push tests (`drkit metrics --push`); the tests start their own.
+command -v prometheus-pushgateway >/dev/null 2>&1 || PACKAGES+=(prometheus-pushgateway)
 if [[ $BENCH -eq 1 ]]; then
   PACKAGES+=(pgbackrest restic)
 fi

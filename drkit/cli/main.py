@@ -42,6 +42,14 @@ def emit(data: Any, as_json: bool, text: str | None = None) -> None:
         click.echo(text if text is not None else json.dumps(data, indent=2, default=str))
 
 
+def _progress_wanted(as_json: bool) -> bool:
+    """A progress bar on stderr: only on a terminal, and not with --json or --log-format json."""
+    from drkit.progress import wanted
+
+    root = click.get_current_context().find_root()
+    return wanted(as_json=as_json, log_format=str(root.params.get("log_format") or "text"))
+
+
 def parse_time(value: str) -> datetime:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -92,6 +100,7 @@ def backup(app: AppContext, source: str, backup_type: str | None, as_json: bool)
     """Back up SOURCE and commit it to the repository."""
     from drkit import ops
     from drkit.dumpers import LogShipment, dumper_class
+    from drkit.progress import progress
 
     cls = dumper_class(app.config, source)  # SOURCE's datastore first, then its backup types
     types = tuple(cls.backup_types)
@@ -99,7 +108,8 @@ def backup(app: AppContext, source: str, backup_type: str | None, as_json: bool)
     if backup_type not in types:
         raise ConfigError(f"--type {backup_type!r} is not a backup type of source {source!r} (type "
                           f"{cls.datastore}); choose one of: {', '.join(types)}")
-    result = ops.backup(app.config, source, backup_type)
+    with progress(f"backup {source} ({backup_type})", enabled=_progress_wanted(as_json)):
+        result = ops.backup(app.config, source, backup_type)
     m = result.manifest
     if not isinstance(m, LogShipment):
         text = (
@@ -294,13 +304,15 @@ def restore(app: AppContext, source: str, backup_id: str | None, pit: str | None
     """Restore SOURCE: the latest state, one backup, or a point in time."""
     from drkit import ops
     from drkit.dumpers import RestoreRequest, dumper_class
+    from drkit.progress import progress
 
     request = RestoreRequest(
         source=app.config.source(source), target_dir=target_dir.absolute() if target_dir else None,
         backup_id=backup_id, point_in_time=parse_time(pit) if pit else None, start=start, port=port,
         sync=not no_sync, wait_in_flight=wait_in_flight, options=dumper_options,
     )
-    result = ops.restore(app.config, request)
+    with progress(f"restore {source}", enabled=_progress_wanted(as_json), count_bytes=False):
+        result = ops.restore(app.config, request)
     data = {
         "source": result.source, "backup": result.backup_id,
         "target_dir": str(result.target_dir) if result.target_dir else None,

@@ -11,6 +11,8 @@ from drkit.errors import DrkitError
 
 if TYPE_CHECKING:
     from drkit.cli.main import AppContext
+    from drkit.repository import Repository
+    from drkit.scheduling.due import DueReport
 
 
 class ObjectiveMissed(DrkitError):
@@ -21,6 +23,16 @@ class ObjectiveMissed(DrkitError):
 
 _SCHEDULES = click.option("--schedules", "schedules", type=click.Path(path_type=Path, file_okay=False),
                           help="The policies' directory (default: schedules/ next to the configuration file).")
+
+
+def _push_options(f):  # noqa: ANN001, ANN202 - a decorator
+    f = click.option("--instance", help="The push's 'instance' grouping label (default: the sources, "
+                     "comma-joined, or 'all'). A push replaces its group's metrics.")(f)
+    f = click.option("--job", "push_job", default="drkit", show_default=True,
+                     help="The push's 'job' grouping label.")(f)
+    f = click.option("--push", "push_url", metavar="URL", help="Push the metrics to this Prometheus Pushgateway "
+                     "(basic auth: $DRKIT_PUSHGATEWAY_USER / $DRKIT_PUSHGATEWAY_PASSWORD).")(f)
+    return f
 
 
 @click.group()
@@ -121,10 +133,13 @@ def run_cmd(app: AppContext, schedules: Path | None, listen: str, no_followers: 
 @click.option("--wait", type=float, default=600.0, show_default=True,
               help="Seconds to wait for a source's previous run (its job lease) before exiting 6.")
 @click.option("--no-retention", is_flag=True, help="Do not run the policies' retention (forget) afterwards.")
+@click.option("--textfile", type=click.Path(dir_okay=False), help="Afterwards, write the metrics of these "
+              "sources (with this run's job exit codes and lock waits) to this node-exporter textfile.")
+@_push_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def due(app: AppContext, sources: tuple[str, ...], schedules: Path | None, wait: float, no_retention: bool,
-        as_json: bool) -> None:
+        textfile: str | None, push_url: str | None, push_job: str, instance: str | None, as_json: bool) -> None:
     """Run what is due now for SOURCES (default: every scheduled source), once, then the
     policies' retention -- for cron and Kubernetes CronJobs.
 
@@ -132,7 +147,8 @@ def due(app: AppContext, sources: tuple[str, ...], schedules: Path | None, wait:
     due when none has run since its cron expression last fired (a run missed during downtime runs
     once). For continuous log shipping the incremental job checks that shipping is current.
     Exits non-zero when a job failed (its exit code), 6 when a source's previous run still held
-    its lease after --wait.
+    its lease after --wait. With --push/--textfile the metrics are pushed/written afterwards, also
+    when a job failed (10 when the Pushgateway cannot be reached and no job failed).
     """
     from drkit import ops
     from drkit.cli.main import emit
@@ -147,31 +163,64 @@ def due(app: AppContext, sources: tuple[str, ...], schedules: Path | None, wait:
         from drkit.errors import ConfigError
 
         raise ConfigError(f"no policy schedules {', '.join(unknown)} (scheduled: {', '.join(sorted(known))})")
-    report = run(config, ops.open_repository(config), policies, list(sources) or None, wait=wait,
-                 retention=not no_retention)
+    repo = ops.open_repository(config)
+    report = run(config, repo, policies, list(sources) or None, wait=wait, retention=not no_retention)
     lines = [f"{j.policy}: {j.source} {j.job}: {j.action}" + (f" ({j.detail})" if j.detail else "")
              for j in report.jobs]
     lines += [f"retention {r['source']}: " + (r.get("skipped") or r.get("failed") or
                                               f"{len(r.get('removed', {}).get('manifests', []))} backup(s) forgotten")
               for r in report.retention]
     emit(report.as_dict(), as_json, "\n".join(lines))
+    if textfile or push_url:
+        try:
+            _publish(app, repo, sorted({j.source for j in report.jobs}), report, textfile, push_url, push_job,
+                     instance)
+        except DrkitError as exc:
+            if not report.exit_code:
+                raise
+            click.echo(f"error: {exc}", err=True)  # the job's own failure is the exit code
     if report.exit_code:
         raise SystemExit(report.exit_code)
+
+
+def _publish(app: AppContext, repo: Repository, sources: list[str], report: DueReport, textfile: str | None,
+             push_url: str | None, push_job: str, instance: str | None) -> None:
+    """The metrics of ``sources`` after a ``due`` run, with its jobs' exit codes (the worst job per source)."""
+    from drkit.scheduling.metrics import add_job_results, push, registry, write_textfile
+
+    reg = registry(app.config, repo, sources)
+    last: dict[str, dict] = {}
+    for j in report.jobs:
+        if j.source not in last or (j.exit_code and not last[j.source]["exit_code"]):
+            last[j.source] = {"job": j.job, "exit_code": j.exit_code}
+    add_job_results(reg, last)
+    if textfile:
+        write_textfile(reg, textfile)
+    if push_url:
+        group = push(reg, push_url, job=push_job, sources=sources, instance=instance)
+        click.echo(f"metrics pushed to {push_url.split('?')[0]} ({group})", err=True)
 
 
 @click.command()
 @click.argument("sources", nargs=-1)
 @click.option("--textfile", type=click.Path(dir_okay=False), help="Write them to this file (atomically: a "
               "node-exporter textfile collector), instead of printing them.")
+@_push_options
 @click.pass_obj
-def metrics(app: AppContext, sources: tuple[str, ...], textfile: str | None) -> None:
+def metrics(app: AppContext, sources: tuple[str, ...], textfile: str | None, push_url: str | None, push_job: str,
+            instance: str | None) -> None:
     """Prometheus metrics of SOURCES (default: every configured source), computed from the
-    repository: last backups, newest safe time and RPO now, log backlog, last drill, last prune."""
+    repository: last backups, newest safe time and RPO now, log backlog, last drill, last prune.
+    Printed, written to --textfile, or pushed to a Pushgateway (--push; exit 10 when it cannot be
+    reached)."""
     from drkit import ops
-    from drkit.scheduling.metrics import registry, render, write_textfile
+    from drkit.scheduling.metrics import push, registry, render, write_textfile
 
     reg = registry(app.config, ops.open_repository(app.config), list(sources) or None)
     if textfile:
         write_textfile(reg, textfile)
-    else:
+    if push_url:
+        group = push(reg, push_url, job=push_job, sources=list(sources) or None, instance=instance)
+        click.echo(f"metrics pushed to {push_url.split('?')[0]} ({group})", err=True)
+    if not textfile and not push_url:
         click.echo(render(reg), nl=False)

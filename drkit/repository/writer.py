@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import IO, TYPE_CHECKING
 
 from pyfastcdc.cy import FastCDC
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACK_MAGIC = b"DRKP"
+
+#: Called with the byte count of each chunk a session takes in (bytes read from the source), for
+#: a progress display (drkit/progress.py). Read when a session is created, so the writer's worker
+#: threads report to the caller's display; the callback must be thread-safe.
+PROGRESS: ContextVar[Callable[[int], None] | None] = ContextVar("drkit_write_progress", default=None)
 
 
 class WriteSession:
@@ -75,6 +81,7 @@ class WriteSession:
 
             self.avoid_packs = {p for m in read_marks(repo) for p in m.packs}
         self._closed = False
+        self._observe = PROGRESS.get()
         cdc = repo.chunker
         #: The repository's keyed content-defined chunker (its cut points depend on the key).
         self.cdc = FastCDC(cdc["avg"], min_size=cdc["min"], max_size=cdc["max"], seed=self.keys.chunker_seed)
@@ -139,6 +146,8 @@ class WriteSession:
             if n > limit:
                 raise DrkitError(f"internal error: a {n}-byte chunk is larger than the {limit}-byte maximum")
             size += n
+            if self._observe is not None:
+                self._observe(n)
             window.append(self._pool.submit(prepare, self.keys, data, self.level, known))
             if len(window) >= max_inflight:
                 refs.append(self._add(window.popleft().result()))

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 JOB_TTL = 6 * 3600.0
 
+#: Seconds the last job of each lease (``job/<source>``) in this process waited for it, got or not:
+#: ``drkit_lock_wait_seconds`` (metrics.py) of ``schedule due`` (--push/--textfile) and the daemon.
+LOCK_WAITS: dict[str, float] = {}
+
 
 @dataclass
 class JobResult:
@@ -125,12 +129,16 @@ def _source_jobs(config: Config, repo: Repository, p: Policy, source: str, now: 
 
 
 def _acquire(repo: Repository, source: str, wait: float) -> leases.Lease:
-    deadline = time.monotonic() + max(0.0, wait)
+    t0 = time.monotonic()
+    deadline = t0 + max(0.0, wait)
     while True:
         try:
-            return leases.acquire(repo, "job", source, JOB_TTL, f"a scheduled job of source {source}")
+            lease = leases.acquire(repo, "job", source, JOB_TTL, f"a scheduled job of source {source}")
+            LOCK_WAITS[f"job/{source}"] = round(time.monotonic() - t0, 3)
+            return lease
         except LockedError:
             if time.monotonic() >= deadline:
+                LOCK_WAITS[f"job/{source}"] = round(time.monotonic() - t0, 3)
                 raise
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 

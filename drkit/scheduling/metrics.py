@@ -8,16 +8,23 @@ the newest safe time and the RPO now (``now - newest safe time``, the number ``l
 log records past a hole (``drkit_log_backlog_segments``: committed but unreachable, or in
 flight), the last drill (timestamp of the last passed one, its RTO and RPO).  Repository-wide:
 the last prune (from ``prune/released/`` markers).
+
+One metric is this process's own observation, not the repository's: ``drkit_lock_wait_seconds``,
+how long the last job of this process (``schedule due``, the daemon) waited for its job lease.
+:func:`push` sends a registry to a Prometheus Pushgateway (``--push``).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
+from http.client import HTTPException
 from typing import Any
+from urllib.parse import urlsplit
 
 from drkit.config import Config
 from drkit.dumpers import dumper_for
-from drkit.errors import DrkitError
+from drkit.errors import ConfigError, DrkitError, SourceError
 from drkit.repository import Repository
 from drkit.repository.drills import list_drills
 from drkit.repository.manifest import parse_iso
@@ -49,6 +56,8 @@ def registry(config: Config, repo: Repository, sources: list[str] | None = None)
                        registry=reg),
         "lease": Gauge("drkit_lease_held_seconds", "How long each live lease has been held (a stuck job or "
                        "lock shows as a growing value).", ["lease"], registry=reg),
+        "wait": Gauge("drkit_lock_wait_seconds", "How long the last job of this process waited for its lease "
+                      "(whether it got it or gave up).", ["lease"], registry=reg),
     }
     now = repo.server_time()
     for name in sources or sorted(config.sources):
@@ -88,6 +97,11 @@ def registry(config: Config, repo: Repository, sources: list[str] | None = None)
             continue
         if held is not None and (now - parse_iso(held.renewed)).total_seconds() <= held.ttl:
             g["lease"].labels(info.key[len(leases.PREFIX):]).set((now - parse_iso(held.acquired)).total_seconds())
+    from .due import LOCK_WAITS
+
+    for lease_name, waited in sorted(LOCK_WAITS.items()):
+        if sources is None or lease_name.split("/", 1)[-1] in sources:
+            g["wait"].labels(lease_name).set(waited)
     released = list(repo.storage.list("prune/released/"))
     if released:
         g["prune"].set(max(_mtime(i) for i in released))
@@ -102,11 +116,13 @@ def _mtime(info: Any) -> float:
 
 
 def add_job_results(reg: Any, last: dict[str, dict[str, Any]]) -> None:
-    """The daemon's own view: the exit code of each source's last job (0 = ok)."""
+    """The daemon's (or a ``due`` run's) own view: the exit code of each source's last job (0 = ok).
+    The job is the ``type`` label (full, incremental, all): ``job`` is Prometheus's own target label
+    (a scrape renames it, a Pushgateway overwrites it with its grouping label)."""
     from prometheus_client import Gauge
 
     g = Gauge("drkit_job_last_exit_code", "Exit code of the last scheduled job of the source (0: ok).",
-              ["source", "job"], registry=reg)
+              ["source", "type"], registry=reg)
     for source, r in last.items():
         g.labels(source, str(r.get("job", ""))).set(int(r.get("exit_code") or 0))
 
@@ -121,3 +137,52 @@ def write_textfile(reg: Any, path: str) -> None:
     from prometheus_client import write_to_textfile
 
     write_to_textfile(path, reg)  # a temporary file renamed into place: node-exporter never reads half
+
+
+#: Basic-auth credentials of a Pushgateway come from these environment variables (never argv).
+PUSH_USER_ENV = "DRKIT_PUSHGATEWAY_USER"
+PUSH_PASSWORD_ENV = "DRKIT_PUSHGATEWAY_PASSWORD"
+
+
+class PushFailed(SourceError):
+    """The Pushgateway could not be reached or refused the push (exit 10)."""
+
+
+def grouping_key(sources: list[str] | None, instance: str | None = None) -> dict[str, str]:
+    """The push's group besides ``job``: ``instance`` is ``--instance``, else the sources pushed
+    (comma-joined, sorted), else ``all``.  A push replaces its whole group, so runs for different
+    sources land in different groups and do not erase each other's metrics."""
+    return {"instance": instance or (",".join(sorted(sources)) if sources else "all")}
+
+
+def push(reg: Any, url: str, *, job: str = "drkit", sources: list[str] | None = None,
+         instance: str | None = None, timeout: float = 30.0) -> str:
+    """PUT ``reg`` to the Pushgateway at ``url`` (replacing the group job/instance); return the
+    group's path.  Credentials: $DRKIT_PUSHGATEWAY_USER / $DRKIT_PUSHGATEWAY_PASSWORD (basic auth)."""
+    from prometheus_client import push_to_gateway
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--push {url!r}: expected the Pushgateway's http(s)://HOST:PORT")
+    if parts.username or parts.password:
+        raise ConfigError(f"--push: the URL holds credentials; put them in ${PUSH_USER_ENV} and "
+                          f"${PUSH_PASSWORD_ENV} instead (arguments are visible to every user of the machine)")
+    user, password = os.environ.get(PUSH_USER_ENV), os.environ.get(PUSH_PASSWORD_ENV)
+    if user:
+        def handler(url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Any:
+            return basic_auth_handler(url, method, timeout, headers, data, user, password or "")
+    else:
+        handler = default_handler
+    key = grouping_key(sources, instance)
+    where = f"{parts.scheme}://{parts.netloc}"
+    try:
+        push_to_gateway(where + parts.path, job=job, registry=reg, grouping_key=key, timeout=timeout,
+                        handler=handler)
+    except (OSError, HTTPException) as exc:  # URLError, HTTPError, timeouts, refused or cut connections
+        status = getattr(exc, "code", None)
+        why = f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else str(getattr(exc, "reason", exc))
+        hint = (f"check ${PUSH_USER_ENV} / ${PUSH_PASSWORD_ENV}" if status in (401, 403) else
+                "check the URL and that the Pushgateway runs")
+        raise PushFailed(f"cannot push the metrics to the Pushgateway at {where}: {why}; {hint}") from None
+    return f"job={job} instance={key['instance']}"

@@ -100,3 +100,44 @@ def test_due_against_postgres_and_redis(tmp_path: Path, renv) -> None:  # noqa: 
     assert actions(report) == {"full": "ran"}
     report = json.loads(renv.drkit("schedule", "due", "--json").stdout)
     assert actions(report) == {"full": "not due"}
+
+
+def test_due_records_how_long_it_waited_for_the_job_lease(menv: MongoEnv) -> None:  # noqa: F811
+    """``drkit_lock_wait_seconds{lease="job/m"}``: a second run waiting behind a held lease reports
+    the wait (through --textfile, as the push and the daemon do), also when it gives up."""
+    import threading
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def waits(path: Path) -> dict[tuple, float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+
+    policy(menv)
+    menv.src.c.insert_one({"_id": 1})
+    repo = ops.open_repository(load_config(menv.config))
+    prom = menv.root / "due.prom"
+    lease_key = ("drkit_lock_wait_seconds", (("lease", "job/m"),))
+    held = leases.acquire(repo, "job", "m", 600, "a test holding the job lease")
+    try:
+        rc, report = due(menv, "--wait", "1", "--textfile", str(prom), check=False)
+        assert rc == 6 and actions(report) == {"all": "locked"}, report
+        got = waits(prom)
+        assert 1.0 <= got[lease_key] < 10, got
+        assert got[("drkit_job_last_exit_code", (("source", "m"), ("type", "all")))] == 6
+    finally:
+        leases.release(repo, held)
+    held = leases.acquire(repo, "job", "m", 600, "a test holding the job lease")
+    released = threading.Timer(3.0, leases.release, (repo, held))
+    t0 = time.monotonic()
+    released.start()
+    try:
+        rc, report = due(menv, "--wait", "60", "--textfile", str(prom))
+    finally:
+        released.join()
+    took = time.monotonic() - t0
+    assert rc == 0 and actions(report)["full"] == "ran", report
+    got = waits(prom)
+    assert 3.0 <= got[lease_key] <= took, (got[lease_key], took)
+    assert got[("drkit_job_last_exit_code", (("source", "m"), ("type", "full")))] == 0
