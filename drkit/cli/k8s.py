@@ -32,12 +32,14 @@ def k8s_group() -> None:
 @click.option("--memory", default="1Gi", show_default=True, help="Memory request of each pod.")
 @click.option("--memory-limit", default="2Gi", show_default=True, help="Memory limit of each pod.")
 @click.option("--no-config-maps", is_flag=True, help="Leave out the ConfigMaps of the configuration and policies.")
+@click.option("--push-gateway", metavar="URL", help="The CronJobs push their metrics to this Pushgateway after "
+              "each run (schedule due --push).")
 @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False),
               help="Write one file per object into this directory (default: one YAML stream on stdout).")
 @click.pass_obj
 def render(app: AppContext, schedules: Path | None, image: str, namespace: str, secret: str, scheduler: str,
            prune_schedule: str, cpu: str, memory: str, memory_limit: str, no_config_maps: bool,
-           out: Path | None) -> None:
+           push_gateway: str | None, out: Path | None) -> None:
     """Render the policies in schedules/ as Kubernetes objects (kubectl apply -f). No Secret is
     rendered: create it yourself with the variables the configuration's *_env settings name."""
     from drkit.scheduling.k8s import RenderOptions, policy_files, to_yaml
@@ -48,7 +50,7 @@ def render(app: AppContext, schedules: Path | None, image: str, namespace: str, 
     policies = load_policies(schedules_dir(config, schedules), config)
     opts = RenderOptions(image=image, namespace=namespace, secret=secret, scheduler=scheduler,
                          prune_schedule=prune_schedule or None, cpu=cpu, memory=memory, memory_limit=memory_limit,
-                         config_maps=not no_config_maps)
+                         config_maps=not no_config_maps, push_gateway=push_gateway)
     text = Path(config.path).read_text() if config.path else None
     objects = run(policies, opts, text, policy_files(policies))
     if out is None:

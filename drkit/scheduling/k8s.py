@@ -9,6 +9,8 @@
   in a loop of pods: the next fire retries, and the alert rules report the failure), and ``--wait``
   bounded below the shortest cron interval, so a run stuck behind a lease exits 6 instead of
   piling up.
+  With ``--push-gateway URL`` each run pushes its metrics to a Pushgateway (a CronJob's pod is
+  gone before Prometheus could scrape it).
 - A **prune CronJob** (``--prune-schedule``; the recommended shape: prune apart from the backups).
 - A **Deployment** for ``drkit schedule run``: with ``--scheduler cronjobs`` (the default) only
   when a policy is ``continuous`` -- it supervises the followers (``--no-jobs``) and serves
@@ -60,6 +62,7 @@ class RenderOptions:
     memory_limit: str = "2Gi"
     starting_deadline: int = 300
     config_maps: bool = True
+    push_gateway: str | None = None  # CronJobs push their metrics here after each run
 
 
 def dns_name(*parts: str, limit: int = 52) -> str:
@@ -104,6 +107,8 @@ def render(policies: list[Policy], opts: RenderOptions, config_text: str | None 
             wait = int(max(30, min(600, shortest / 2)))
             for job, cron in p.jobs().items():
                 args = ["schedule", "due", *p.sources, "--schedules", SCHEDULES_DIR, "--wait", str(wait)]
+                if opts.push_gateway:
+                    args += ["--push", opts.push_gateway]
                 objects.append(_cron_job(dns_name("drkit", p.name, job), cron, p.timezone, args,
                                          {**labels, "drkit.io/policy": dns_name(p.name, limit=63),
                                           "drkit.io/job": job}, opts))

@@ -137,3 +137,12 @@ def test_schedule_run_without_jobs_supervises_only(config, monkeypatch: pytest.M
     monkeypatch.setattr(daemon, "run_due", lambda *a, **k: calls.append(a))
     daemon.run(duration=1.0)
     assert len(calls) == 1  # with jobs: the catch-up run at start
+
+
+def test_cron_jobs_push_their_metrics_when_given_a_gateway(config) -> None:  # noqa: ANN001
+    objects = _objects(config, "continuous", push_gateway="http://pushgateway.monitoring:9091")
+    for o in objects:
+        if o["kind"] == "CronJob" and o["metadata"]["name"] != "drkit-prune":
+            args = o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert args[-2:] == ["--push", "http://pushgateway.monitoring:9091"]
+        kubernetes_validate.validate(o, K8S, strict=True)
