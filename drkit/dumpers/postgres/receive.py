@@ -36,6 +36,7 @@ A lease ``leases/follow/<source>`` keeps a second receiver (or another follower)
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -237,8 +238,12 @@ class Receiver:
             from .wal import check_system_id
 
             check_system_id(self.repo, self.source, header["system_identifier"])
+            # Stored up to the end of the last written WAL page: the zeros after it are not stored
+            # (wal-fetch pads the segment back to its size), so a seal costs what was received.
+            keep = min(size, -(-end // 8192) * 8192)
+            meta["stored_bytes_of_segment"] = keep
             with open(copy, "rb") as fh:
-                status, _ = self.repo.put_log(self.source, name, fh, meta)
+                status, _ = self.repo.put_log(self.source, name, _Prefix(fh, keep), meta)
         self._sealed[seg] = end
         self.report.seals += 1
         self.report.last_seal = name
@@ -254,6 +259,24 @@ class Receiver:
 
     def terminate(self) -> None:
         self.stop.set()
+
+
+class _Prefix(io.RawIOBase):
+    """The first ``limit`` bytes of a file."""
+
+    def __init__(self, fh: Any, limit: int) -> None:
+        self.fh, self.left = fh, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            return 0
+        view = memoryview(b)[: self.left]
+        n = self.fh.readinto(view)
+        self.left -= n or 0
+        return n or 0
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

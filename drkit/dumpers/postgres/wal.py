@@ -477,6 +477,10 @@ def _write_segment(repo: Repository, record: Any, dest: Path) -> None:
         with repo.open_stream(record.stream) as src, open(tmp, "wb") as out:
             while block := src.read(1024 * 1024):
                 out.write(block)
+            if RECEIVED_RE.match(record.name):  # a sealed partial is stored without its zero tail
+                size = int(record.metadata.get("segment_size") or 0)
+                if out.tell() < size:
+                    out.truncate(size)  # zeros, as pg_receivewal padded it; restore_command must hand over a whole segment
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
