@@ -104,7 +104,9 @@ def test_a_point_two_seconds_before_the_primary_dies_restores_exactly(renv: PgEn
     received = [n for n in _log_names(env) if n.endswith(".received")]
     assert received, "nothing sealed"
     # archive_timeout is off and no segment filled: archive_command archived none of these commits.
-    t = marks[-1][1] - timedelta(seconds=2)
+    # T: the mark taken right after the last commit 2 s before the end (a mark lies between its
+    # commit and the next one, so "committed at or before T" is exactly the rows up to it).
+    t = max(at for _, at in marks if at <= marks[-1][1] - timedelta(seconds=2))
     expected = list(range(1, 11)) + [i for i, at in marks if at <= t]
     assert len(expected) > 20
     assert _restored_ids(env, "pitr", "--point-in-time", t.isoformat()) == expected

@@ -177,7 +177,7 @@ class Receiver:
             for name in names:
                 if name.endswith(".partial") and SEGMENT_RE.match(name[:24]):
                     self._seal(self.spool / name, flush_lsn)
-        except DrkitError as exc:  # storage down, a conflict...: keep receiving, say so, retry next time
+        except (DrkitError, OSError) as exc:  # storage down, a conflict, a file gone...: keep receiving, retry next time
             log.error("shipping WAL of %s failed: %s", self.source, exc)
             self.report.errors = (self.report.errors + [str(exc)])[-10:]
 
@@ -215,8 +215,11 @@ class Receiver:
             return
         with tempfile.TemporaryDirectory(prefix="drkit-receive-") as tmp:
             copy = Path(tmp) / seg  # pg_waldump wants the segment's own name
-            with open(path, "rb") as src, open(copy, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with open(path, "rb") as src, open(copy, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except FileNotFoundError:
+                return  # pg_receivewal completed it meanwhile (renamed): pushed complete next round
             size = copy.stat().st_size
             if size != seg_size:
                 return  # pg_receivewal is still padding a new file
