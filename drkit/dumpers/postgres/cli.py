@@ -31,10 +31,23 @@ def wal_push_cmd(app, source: str, path: Path) -> None:  # noqa: ANN001
     """Archive one WAL file (use as archive_command ... %p).
 
     Re-pushing an identical file succeeds; a different file under an archived name fails.
-    When more files wait in pg_wal/archive_status, up to 8 are archived ahead in parallel and
-    their own archive_command calls for this repository and source then return at once.
+    When more files wait in pg_wal/archive_status, a detached pusher (one per repository and
+    source) archives them in parallel, a marker for each once it is committed, and their own
+    archive_command calls for this repository and source then return at once.
     """
-    from .wal import has_marker, peek_destination, push_ahead, pushed_ahead, wal_push
+    import threading
+
+    from .wal import (
+        claim_foreground,
+        destination_of,
+        has_marker,
+        peek_destination,
+        push_ahead,
+        pushed_ahead,
+        spawn_pusher,
+        wait_for_pusher,
+        wal_push,
+    )
 
     if has_marker(path, source):
         # Fast path without the key: the repository id comes from its plaintext config object.
@@ -42,15 +55,31 @@ def wal_push_cmd(app, source: str, path: Path) -> None:  # noqa: ANN001
 
         dest = peek_destination(open_storage(app.config.repository.url, app.config.repository.s3, retry=False),
                                 source)
-        if dest is not None and pushed_ahead(path, dest):
-            click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
-            return
+        if dest is not None:
+            claim_foreground(path, dest)
+            if pushed_ahead(path, dest):
+                click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
+                return
     repo, dumper = _setup(app, source)
+    dest = destination_of(repo, source)
+    claim_foreground(path, dest)
+    if wait_for_pusher(path, dest) and pushed_ahead(path, dest):
+        click.echo(f"{path.name}: already archived (pushed ahead)", err=True)
+        return
     status, _meta = wal_push(repo, source, dumper.options, path)
     click.echo(f"{path.name}: {status}", err=True)
-    ahead = push_ahead(repo, source, dumper.options, path)
-    if ahead:
-        click.echo(f"also archived ahead: {', '.join(ahead)}", err=True)
+
+    def open_repo():  # noqa: ANN202 - in the pusher process
+        repo, dumper = _setup(app, source)
+        return repo, dumper.options
+
+    if threading.active_count() > 1:
+        # Forking a threaded process is unsafe: archive the next files here, in this call.
+        ahead = push_ahead(repo, source, dumper.options, path)
+        if ahead:
+            click.echo(f"also archived ahead: {', '.join(ahead)}", err=True)
+    elif spawn_pusher(open_repo, source, path):
+        click.echo("pusher started for the files waiting after it", err=True)
 
 
 @pg_group.command("wal-fetch")

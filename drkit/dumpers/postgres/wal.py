@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from drkit.errors import AlreadyExistsError, ChainBroken, ConfigError, NotFoundError, SourceError
-from drkit.repository import Repository
+from drkit.repository import Repository, crashpoints
 from drkit.repository.format import object_aad
 
 from .options import PgOptions
@@ -57,25 +57,34 @@ def commit_times(opts: PgOptions, path: Path) -> dict[str, Any]:
     tool, another major version, garbage): the chain logic then treats the segment's times as
     unknown instead of "no commits".
     """
-    try:
-        proc = subprocess.run(
-            [opts.tool("pg_waldump"), str(path)],
+    def waldump(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [opts.tool("pg_waldump"), *args, str(path)],
             capture_output=True, text=True, env=opts.env(), timeout=300, check=False,
         )
-    except (OSError, subprocess.TimeoutExpired, ConfigError) as exc:
-        log.warning("pg_waldump failed on %s: %s", path.name, exc)
-        return {"commit_times_ok": False, "first_commit": None, "last_commit": None, "commits": 0}
+
+    # Only the Transaction records are printed (pg_waldump still decodes every record): a busy
+    # segment holds ~100k records, and printing and parsing all of them cost ~0.2 s of CPU.
     # pg_waldump exits non-zero at the segment's end (a record continues in the next file):
     # that is expected; what it printed before is valid.
-    stamps, records = [], 0
-    for line in proc.stdout.splitlines():
-        if not line.startswith("rmgr:"):
-            continue
-        records += 1
-        if "rmgr: Transaction" in line:
+    try:
+        proc = waldump("--rmgr=Transaction")
+        stamps, records = [], 0
+        for line in proc.stdout.splitlines():
+            if not line.startswith("rmgr:"):
+                continue
+            records += 1
             m = _TS_RE.search(line)
             if m:
                 stamps.append(_to_iso(m.group(1)))
+        if records == 0:
+            # No transaction record: a segment without commits, or one pg_waldump cannot decode
+            # at all.  Its first record (any kind) tells which.
+            proc = waldump("--limit=1")
+            records = sum(1 for line in proc.stdout.splitlines() if line.startswith("rmgr:"))
+    except (OSError, subprocess.TimeoutExpired, ConfigError) as exc:
+        log.warning("pg_waldump failed on %s: %s", path.name, exc)
+        return {"commit_times_ok": False, "first_commit": None, "last_commit": None, "commits": 0}
     ok = records > 0
     if not ok:
         log.warning("pg_waldump decoded no record in %s: %s", path.name, proc.stderr.strip()[-300:])
@@ -416,6 +425,216 @@ def push_ahead(repo: Repository, source: str, opts: PgOptions, path: Path, count
 
     with ThreadPoolExecutor(4) as pool:
         return [n for n in pool.map(one, todo) if n]
+
+
+# -- the background pusher -----------------------------------------------------------------
+#
+# PostgreSQL calls archive_command for one file at a time, in order.  A call that has to push
+# its file itself starts (if none runs) a detached *pusher* for its destination, which keeps
+# archiving the ``.ready`` files after it, in parallel, each followed by its marker, while
+# PostgreSQL's calls for them return at once on the marker.  The pusher lingers a few seconds
+# after the backlog is empty, so a sustained load keeps one pusher, not one per call.
+#
+# Acknowledgement: a call returns 0 only after its own push committed, or on a marker written
+# after the pusher's push committed (and checked against the file's BLAKE3).  Claims keep the
+# pusher and PostgreSQL's own call from pushing the same file (and the pusher from leaving a
+# marker no call will consume): each call first writes ``fg.<name>`` and then looks for the
+# pusher's ``bg.<name>``; the pusher writes ``bg.<name>`` and then looks for ``fg.<name>``, so
+# at least one of them sees the other.  The pusher skips a file with a ``fg`` claim; a call that
+# sees a ``bg`` claim of a live pusher waits for it (the marker is written before the claim is
+# removed).  Claims and the pusher's lock live in ``<data dir>/drkit-pusher/<repo id>/<source>``.
+
+PUSHER_DIR = "drkit-pusher"
+PUSHER_THREADS = 3
+PUSHER_LINGER = 5.0  # seconds the pusher waits for new .ready files before it exits
+PUSHER_MAX_SECONDS = 600.0  # a pusher exits after this long; the next call starts another
+PUSHER_WAIT = 120.0  # how long a call waits for the pusher's push of its own file
+
+
+def _pusher_dir(path: Path, dest: Destination) -> Path | None:
+    parent = path.absolute().parent
+    if parent.name != "pg_wal":
+        return None
+    return parent.parent / PUSHER_DIR / _dirname(dest.repository_id) / _dirname(dest.source)
+
+
+def _ready(wal_dir: Path, name: str) -> bool:
+    return (wal_dir / "archive_status" / f"{name}.ready").exists()
+
+
+def _touch(path: Path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+def _lock_held(lock: Path) -> bool:
+    """Whether a live pusher holds ``lock`` (a flock, released by the kernel when it dies)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken just now
+    return False
+
+
+def claim_foreground(path: Path, dest: Destination) -> None:
+    """Tell the pusher that PostgreSQL's own call for ``path`` runs (it then leaves the file
+    alone); also drop the claims of files PostgreSQL has archived since (no one pushes those)."""
+    pdir = _pusher_dir(path, dest)
+    if pdir is None:
+        return
+    try:
+        pdir.mkdir(parents=True, exist_ok=True)
+        _touch(pdir / f"fg.{path.name}")
+        _drop_done_claims(pdir, path.absolute().parent, keep=path.name)
+    except OSError as exc:  # then no pusher can coordinate with this call: it pushes itself
+        log.info("claiming %s for archive_command failed: %s", path.name, exc)
+
+
+def _drop_done_claims(pdir: Path, wal_dir: Path, keep: str | None = None) -> None:
+    for claim in pdir.glob("fg.*"):
+        name = claim.name[3:]
+        if name != keep and not _ready(wal_dir, name):
+            claim.unlink(missing_ok=True)
+
+
+def wait_for_pusher(path: Path, dest: Destination, timeout: float = PUSHER_WAIT) -> bool:
+    """If a live pusher is pushing ``path`` right now, wait until it is done; True when it left
+    a marker (the caller still checks it with :func:`pushed_ahead`)."""
+    pdir = _pusher_dir(path, dest)
+    markers = _marker_dir(path, dest)
+    if pdir is None or markers is None:
+        return False
+    bg = pdir / f"bg.{path.name}"
+    deadline = time.monotonic() + timeout
+    while bg.exists() and _lock_held(pdir / "pusher.lock") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return (markers / path.name).exists()
+
+
+def run_pusher(repo: Repository, source: str, opts: PgOptions, path: Path, *, threads: int = PUSHER_THREADS,
+               linger: float = PUSHER_LINGER, max_seconds: float = PUSHER_MAX_SECONDS) -> list[str]:
+    """Archive the ``.ready`` files beside ``path`` (oldest first, ``threads`` at a time, each
+    followed by its marker) until none is left for ``linger`` seconds; return the names pushed.
+
+    Returns at once (nothing pushed) when another pusher of this destination runs.  Files with a
+    ``fg`` claim (PostgreSQL's own call is at them) are skipped.  Best effort like push-ahead:
+    a file that fails is left to PostgreSQL's own call; repeated failures end the pusher.
+    """
+    import fcntl
+    from concurrent.futures import ThreadPoolExecutor
+
+    dest = destination_of(repo, source)
+    pdir, markers = _pusher_dir(path, dest), _marker_dir(path, dest)
+    wal_dir = path.absolute().parent
+    status_dir = wal_dir / "archive_status"
+    if pdir is None or markers is None or not status_dir.is_dir():
+        return []
+    pdir.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(pdir / "pusher.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)
+        return []
+    pushed: list[str] = []
+    done: set[str] = set()
+    try:
+        for stale in pdir.glob("bg.*"):  # a dead pusher's (we hold the lock)
+            stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            sweep_markers(path, keep=dest)
+
+        def one(name: str) -> str | None:
+            bg = pdir / f"bg.{name}"
+            try:
+                _touch(bg)
+                # After the bg claim: a call that started before it is seen here, one that starts
+                # after it sees the bg claim and waits.  A file no longer .ready is archived.
+                if (pdir / f"fg.{name}").exists() or not _ready(wal_dir, name):
+                    return None
+                file = wal_dir / name
+                digest = _file_digest(file)
+                wal_push(repo, source, opts, file)  # returns once the log record is committed
+                crashpoints.hit("wal.pusher.before_marker")
+                write_marker(file, dest, digest)
+                crashpoints.hit("wal.pusher.after_marker")
+                return name
+            except Exception as exc:  # noqa: BLE001 - best effort: the file's own call pushes it
+                log.info("pusher: %s skipped: %s", name, exc)
+                return None
+            finally:
+                bg.unlink(missing_ok=True)
+
+        started = idle = time.monotonic()
+        failed_rounds = 0
+        with ThreadPoolExecutor(threads) as pool:
+            while time.monotonic() - started < max_seconds:
+                ready = sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
+                todo = [n for n in ready if n not in done and is_valid_wal_name(n)
+                        and not (markers / n).exists() and not (pdir / f"fg.{n}").exists()][: 2 * threads]
+                if not todo:
+                    if time.monotonic() - idle > linger:
+                        break
+                    time.sleep(0.1)
+                    continue
+                got = [n for n in pool.map(one, todo) if n]
+                done.update(todo)
+                pushed += got
+                idle = time.monotonic()
+                failed_rounds = 0 if got else failed_rounds + 1
+                if failed_rounds >= 3:
+                    break
+        _drop_done_claims(pdir, wal_dir)
+    finally:
+        os.close(lock_fd)
+    return pushed
+
+
+def spawn_pusher(open_repo: Any, source: str, path: Path) -> bool:
+    """Start :func:`run_pusher` in a detached process (double fork, own session) unless a pusher
+    of this destination runs or nothing else waits; return whether one was started.
+
+    ``open_repo()`` returns ``(repository, PgOptions)``; the pusher opens its own repository (no
+    connection is shared with the process PostgreSQL waits for, which returns at once).
+    """
+    status_dir = path.absolute().parent / "archive_status"
+    if path.absolute().parent.name != "pg_wal" or not status_dir.is_dir():
+        return False
+    if not any(p.name[: -len(".ready")] != path.name for p in status_dir.glob("*.ready")):
+        return False
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the intermediate child exits at once
+        return True
+    try:  # intermediate child
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        # the pusher: no tie to archive_command's stdin/stdout (stderr stays: PostgreSQL's log)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        repo, opts = open_repo()
+        pushed = run_pusher(repo, source, opts, path)
+        if pushed:
+            log.info("pusher archived ahead: %s", ", ".join(pushed))
+        os._exit(0)
+    except BaseException as exc:  # noqa: BLE001 - a detached process: nothing to return to
+        with contextlib.suppress(Exception):
+            log.info("pusher failed: %s", exc)
+        os._exit(1)
 
 
 def _cluster_system_id(path: Path) -> int | None:
