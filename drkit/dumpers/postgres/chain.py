@@ -124,6 +124,19 @@ class _SegView(Sequence[SegmentInfo]):
             yield segs[k]
 
 
+def _segment_info(rec: LogRecord, parsed: tuple[int, int], partial: bool = False) -> SegmentInfo:
+    md = rec.metadata
+    return SegmentInfo(
+        rec.name, parsed[0], parsed[1],
+        parse_iso(md["first_commit"]) if md.get("first_commit") else None,
+        parse_iso(md["last_commit"]) if md.get("last_commit") else None,
+        bool(md.get("commit_times_ok", True)),
+        parse_iso(md["closed_at"]) if md.get("closed_at") else None,
+        parse_iso(rec.pushed) if rec.pushed else None,
+        partial=partial,
+    )
+
+
 class WalCatalog:
     def __init__(self, records: list[LogRecord], seg_size: int = 16 * 1024 * 1024) -> None:
         self.seg_size = seg_size
@@ -133,15 +146,7 @@ class WalCatalog:
         for rec in records:
             parsed = parse_segment(rec.name, seg_size)
             if parsed:
-                md = rec.metadata
-                self.segments[parsed] = SegmentInfo(
-                    rec.name, parsed[0], parsed[1],
-                    parse_iso(md["first_commit"]) if md.get("first_commit") else None,
-                    parse_iso(md["last_commit"]) if md.get("last_commit") else None,
-                    bool(md.get("commit_times_ok", True)),
-                    parse_iso(md["closed_at"]) if md.get("closed_at") else None,
-                    parse_iso(rec.pushed) if rec.pushed else None,
-                )
+                self.segments[parsed] = _segment_info(rec, parsed)
             elif HISTORY_RE.match(rec.name):
                 self.histories[int(rec.name[:8], 16)] = rec.metadata.get("history", [])
         # Sealed partial copies, the newest of each segment, where no complete copy is archived.
@@ -153,16 +158,7 @@ class WalCatalog:
             prev = self.segments.get(parsed)
             if prev is not None and prev.name > rec.name:
                 continue
-            md = rec.metadata
-            self.segments[parsed] = SegmentInfo(
-                rec.name, parsed[0], parsed[1],
-                parse_iso(md["first_commit"]) if md.get("first_commit") else None,
-                parse_iso(md["last_commit"]) if md.get("last_commit") else None,
-                bool(md.get("commit_times_ok", True)),
-                parse_iso(md["closed_at"]) if md.get("closed_at") else None,
-                parse_iso(rec.pushed) if rec.pushed else None,
-                partial=True,
-            )
+            self.segments[parsed] = _segment_info(rec, parsed, partial=True)
 
     def timeline_path(self, base_tli: int, base_stop_lsn: int) -> list[tuple[int, int]]:
         """The ancestry PostgreSQL follows with recovery_target_timeline='latest'."""
