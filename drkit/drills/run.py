@@ -114,6 +114,7 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
         marks.append(time.monotonic())
         report.phases[name] = round(marks[-1] - marks[-2], 3)
 
+    catalog = None
     try:
         catalog = dumper.catalog(repo)
         points = dumper.restore_points(catalog)
@@ -121,12 +122,6 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
         if newest is not None:
             report.newest_safe_time = iso(newest)
             report.rpo_seconds = round((disaster - newest).total_seconds(), 3)
-        if look_back > 0:
-            from datetime import timedelta
-
-            from drkit.drills.lookback import lookback_rpo
-
-            report.rpo_lookback = lookback_rpo(catalog, dumper.restore_points, disaster, timedelta(seconds=look_back))
         want = point_in_time or newest
         covering = sorted(points.covering(want), key=lambda p: p.start) if want else []
         chosen = covering[-1] if covering else None
@@ -178,6 +173,16 @@ def run_drill(config: Config, source: str, *, point_in_time: datetime | None = N
                 log.warning("drill %s: releasing %s failed: %s", report.id, lease.key, exc)
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
+    if look_back > 0 and catalog is not None:
+        # After the timed phases: the history is not recovery work and must not count in the RTO.
+        from datetime import timedelta
+
+        from drkit.drills.lookback import lookback_rpo
+
+        try:
+            report.rpo_lookback = lookback_rpo(catalog, dumper.restore_points, disaster, timedelta(seconds=look_back))
+        except DrkitError as exc:
+            log.warning("drill %s: the look-back RPO could not be computed: %s", report.id, exc)
     _judge(report)
     report.finished = iso(datetime.now(UTC))
     if store:
