@@ -36,7 +36,6 @@ A lease ``leases/follow/<source>`` keeps a second receiver (or another follower)
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -50,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drkit.dumpers.streams import Prefix
 from drkit.errors import ConfigError, DrkitError, SourceError
 from drkit.repository import Repository, leases
 
@@ -246,7 +246,7 @@ class Receiver:
             keep = min(size, -(-end // 8192) * 8192)
             meta["stored_bytes_of_segment"] = keep
             with open(copy, "rb") as fh:
-                status, _ = self.repo.put_log(self.source, name, _Prefix(fh, keep), meta)
+                status, _ = self.repo.put_log(self.source, name, Prefix(fh, keep), meta)
         self._sealed[seg] = end
         self.report.seals += 1
         self.report.last_seal = name
@@ -262,24 +262,6 @@ class Receiver:
 
     def terminate(self) -> None:
         self.stop.set()
-
-
-class _Prefix(io.RawIOBase):
-    """The first ``limit`` bytes of a file."""
-
-    def __init__(self, fh: Any, limit: int) -> None:
-        self.fh, self.left = fh, limit
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
-        if self.left <= 0:
-            return 0
-        view = memoryview(b)[: self.left]
-        n = self.fh.readinto(view)
-        self.left -= n or 0
-        return n or 0
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

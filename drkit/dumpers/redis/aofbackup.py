@@ -33,7 +33,6 @@ the last whole second annotated in what it shipped.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -42,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from drkit.dumpers.streams import Prefix
 from drkit.errors import ConfigError, IntegrityError, SourceError
 from drkit.repository import Manifest, Repository
 from drkit.repository.manifest import StreamRef, iso, utcnow
@@ -154,7 +154,7 @@ def _open_base(adir: AofDir) -> tuple[IO[bytes], AofFile, AofFile]:
 def _rdb_ctime(fh: IO[bytes], name: str) -> int:
     """The ``ctime`` aux field of an RDB (seconds); the file position is restored."""
     try:
-        for rec in iter_records(_Prefix(fh, 1 << 16), values=False):
+        for rec in iter_records(Prefix(fh, 1 << 16), values=False):
             if isinstance(rec, Aux):
                 if rec.key == b"ctime":
                     return int(rec.value)
@@ -166,22 +166,6 @@ def _rdb_ctime(fh: IO[bytes], name: str) -> int:
     finally:
         fh.seek(0)
     raise IntegrityError(f"AOF BASE {name} has no ctime field; it was not written by Redis >= 7")
-
-
-class _Prefix(io.RawIOBase):
-    """The first ``limit`` bytes of a file (for reading an RDB header)."""
-
-    def __init__(self, fh: IO[bytes], limit: int) -> None:
-        self.fh, self.left = fh, limit
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.fh.read(min(len(b), self.left))
-        self.left -= len(data)
-        b[: len(data)] = data
-        return len(data)
 
 
 # -- incremental ----------------------------------------------------------------------------------
